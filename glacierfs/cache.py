@@ -1,0 +1,616 @@
+"""The local store of verified archive bytes: tree-hash-aligned chunks on ``diskcache``.
+
+Owns one directory (mode 0700) holding a ``diskcache.Cache``: an SQLite index plus one value
+file (mode 0600) per chunk. Nothing else writes there.
+
+What it guarantees
+  * Only verified bytes: ``put_chunk`` hashes the data itself and refuses it unless its tree hash
+    is the expected one, so no caller can store unverified bytes. The verified hash is kept
+    beside the chunk (diskcache ``tag``) so a resumed download can fold the archive root from
+    stored hashes without rereading data.
+  * Whole chunks or nothing: a value file is written and fsynced before its row is committed; a
+    kill in between leaves an unreferenced file (never readable, swept at the next open). Disk
+    full (ENOSPC/EDQUOT, from the file or from SQLite) raises ``CacheFullError`` with the partial
+    file removed and the index untouched.
+  * Size limit: before a chunk is written, least-recently-used chunks are evicted one at a time
+    until it fits (diskcache's own culling is disabled: it removes ``cull_limit`` entries at once
+    whatever their size, and only after the new value is already on disk).
+  * Reads are all or nothing: a range touching a missing chunk raises ``NotCached`` naming every
+    missing chunk, before any byte is read.
+
+Keys: ``"<len(archive_id)>:<archive_id>/<chunk_size>/<index>"``. The length prefix makes every
+archive's prefix unambiguous whatever its id contains, and the chunk size in the key keeps the
+chunk grids of one archive apart if the chunk size ever changes.
+
+Read path: a read does no SQLite write. Chunk files stay open in a small LRU of handles and are
+read with ``os.pread``; a chunk's LRU access time in the index is refreshed (one diskcache
+``get``) at most once per ``TOUCH_INTERVAL`` per chunk, which also notices chunks removed
+behind our back. A chunk evicted by this process loses its handle at once, so it reads as
+``NotCached``; a handle opened just before another thread's eviction may serve the old (verified)
+bytes until its next refresh, which is harmless: Linux keeps an unlinked file readable.
+
+Threading: every method may be called from any thread (the trio thread and worker threads) at
+the same time. diskcache keeps one SQLite connection per thread. ``_lock`` guards the handle
+table; handles are reference-counted so one thread never closes a descriptor another is reading
+(a reused descriptor number would otherwise read some other file). ``_room_lock`` serialises
+eviction decisions and the space reservations of writes in flight, so concurrent ``put_chunk``
+calls together still respect the size limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import diskcache
+
+from glacierfs import treehash
+from glacierfs.treehash import MIB, is_power_of_two
+
+log = logging.getLogger(__name__)
+
+# How long a chunk's open handle is trusted before the index is asked again: bounds both the
+# SQLite writes the LRU bookkeeping costs (one per chunk per interval, not one per read) and
+# how long a chunk removed by someone else can still be served from an open handle.
+TOUCH_INTERVAL = 10.0
+# Open chunk files kept for reading. Readers are sequential or random within a few files;
+# 64 descriptors cover that with room to spare and stay far below any fd limit.
+HANDLE_CACHE_SIZE = 64
+# A value file with no index row is a write that never committed (a crash). Files younger
+# than this may still be a write in flight in another process sharing the directory.
+ORPHAN_GRACE = 60.0
+# Errors meaning "no room on the device": both become CacheFullError.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Data made durable before its row commits, so a power loss cannot leave a committed row
+# pointing at a file whose blocks never reached the disk.
+FSYNC_CHUNKS = True
+DIR_MODE = 0o700
+# Creating a value file races with diskcache pruning emptied subdirectories; a few retries win.
+CREATE_ATTEMPTS = 10
+FILE_MODE = 0o600
+DB_NAME = diskcache.core.DBNAME
+
+
+class CacheError(Exception):
+    """Base of the errors the chunk cache raises."""
+
+
+class NotCached(CacheError):
+    """A read touched chunks that are not (or no longer) in the cache."""
+
+    def __init__(self, missing: list[int], archive_id: str = "") -> None:
+        super().__init__(f"archive {archive_id}: chunks {missing} not cached")
+        self.missing = list(missing)
+        self.archive_id = archive_id
+
+
+class ChunkVerificationError(CacheError):
+    """Bytes offered to the cache do not match their expected tree hash (or length)."""
+
+
+class CacheFullError(CacheError):
+    """No room to store a chunk (disk full, quota, or a chunk larger than the whole cache).
+
+    Nothing half-written remains and the cache stays usable.
+    """
+
+
+@dataclass(frozen=True)
+class ArchiveLayout:
+    """How one archive is cut into tree-hash-aligned chunks of ``chunk_size`` bytes."""
+
+    archive_id: str
+    size: int
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        if not self.archive_id:
+            raise ValueError("archive_id must not be empty")
+        if self.size < 0:
+            raise ValueError(f"negative archive size {self.size}")
+        if self.chunk_size % MIB or not is_power_of_two(self.chunk_size // MIB):
+            raise ValueError(f"chunk size {self.chunk_size} is not a power-of-two number of MiB")
+
+    @property
+    def chunk_count(self) -> int:
+        """Number of chunks; a 0-byte archive is one empty chunk, so it can be cached too."""
+        return max(1, -(-self.size // self.chunk_size))
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """Inclusive (start, end) of chunk ``index``; (0, -1) for the empty archive's chunk."""
+        if not 0 <= index < self.chunk_count:
+            raise IndexError(f"chunk {index} out of range 0..{self.chunk_count - 1}")
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.size) - 1
+
+    def chunk_length(self, index: int) -> int:
+        start, end = self.chunk_range(index)
+        return end - start + 1
+
+    def chunks_for(self, offset: int, length: int) -> range:
+        """Chunk indexes a read of ``length`` bytes at ``offset`` needs, after clamping to size."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return range(0)
+        return range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1)
+
+
+def _key_prefix(archive_id: str) -> str:
+    return f"{len(archive_id)}:{archive_id}/"
+
+
+def _grid_prefix(layout: ArchiveLayout) -> str:
+    return f"{_key_prefix(layout.archive_id)}{layout.chunk_size}/"
+
+
+def _chunk_key(layout: ArchiveLayout, index: int) -> str:
+    return f"{_grid_prefix(layout)}{index}"
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    """[low, high) such that exactly the keys starting with ``prefix`` lie in it.
+
+    Every prefix ends in "/", and "0" is the next code point, so ``high`` is the prefix with its
+    last character bumped. SQLite compares TEXT bytewise, and UTF-8 byte order is code point order.
+    """
+    return prefix, prefix[:-1] + "0"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return False
+
+
+class _ChunkDisk(diskcache.Disk):
+    """diskcache's Disk, writing chunk files our way: 0600 from the start, fsynced, and removed
+    again if the write fails, so ENOSPC or an exception never leaves a partial file behind.
+
+    The path of the last file written by each thread is remembered, so ``ChunkCache`` can remove
+    it when the index update that should have followed fails.
+    """
+
+    def __init__(self, directory: str, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._written = threading.local()
+
+    def take_written(self) -> str | None:
+        path = getattr(self._written, "path", None)
+        self._written.path = None
+        return path
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if type(value) is not bytes:
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename(key, value)
+        fd = self._create(filename, full_path)
+        self._written.path = full_path
+        try:
+            view = memoryview(value)
+            while view:
+                view = view[os.write(fd, view):]
+            if FSYNC_CHUNKS:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with suppress(OSError):
+                os.unlink(full_path)
+            self._written.path = None
+            raise
+        os.close(fd)
+        return len(value), diskcache.core.MODE_BINARY, filename, None
+
+    def _create(self, filename: str, full_path: str) -> int:
+        """Create the value file 0600 in 0700 subdirectories.
+
+        Retried because diskcache removes emptied subdirectories when it deletes a value file,
+        possibly between our mkdir and our open (diskcache's own writer retries likewise).
+        """
+        for attempt in range(CREATE_ATTEMPTS):
+            parent = self._directory
+            for part in os.path.dirname(filename).split(os.sep):
+                parent = os.path.join(parent, part)
+                with suppress(FileExistsError):
+                    os.mkdir(parent, DIR_MODE)
+            try:
+                return os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               FILE_MODE)
+            except FileNotFoundError:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class _Handle:
+    """An open chunk file, shared by readers; closed when retired and no reader holds it."""
+
+    __slots__ = ("file", "fd", "checked_at", "users", "retired")
+
+    def __init__(self, file: BinaryIO, checked_at: float) -> None:
+        self.file = file
+        self.fd = file.fileno()
+        self.checked_at = checked_at
+        self.users = 0
+        self.retired = False
+
+
+class ChunkCache:
+    """Verified archive chunks on disk, size-limited, least recently used out first."""
+
+    def __init__(self, directory: str | Path, size_limit: int) -> None:
+        if size_limit <= 0:
+            raise ValueError(f"size limit must be positive, got {size_limit}")
+        self._dir = Path(directory)
+        self._prepare_directory()
+        self._size_limit = size_limit
+        self._cache = diskcache.Cache(
+            str(self._dir),
+            disk=_ChunkDisk,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=0,  # we evict ourselves, exactly enough and before writing: see _make_room
+            disk_min_file_size=0,  # every chunk in its own file: readable with pread
+            statistics=0,  # a hit counter would be one more SQLite write per read
+            tag_index=0,
+        )
+        self._disk: _ChunkDisk = self._cache.disk
+        self._chmod_db_files()
+        self._lock = threading.Lock()
+        self._handles: OrderedDict[str, _Handle] = OrderedDict()
+        self._room_lock = threading.Lock()
+        self._reserved = 0
+        self._sweep_orphans()
+        with self._room_lock:
+            self._make_room_locked(0)
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _prepare_directory(self) -> None:
+        """Create the directory 0700, or tighten it; refuse one owned by someone else."""
+        self._dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        st = self._dir.stat()
+        if st.st_uid != os.geteuid():
+            raise CacheError(f"cache directory {self._dir} is owned by uid {st.st_uid}, not us")
+        if st.st_mode & 0o777 != DIR_MODE:
+            os.chmod(self._dir, DIR_MODE)
+        db = self._dir / DB_NAME
+        if not db.exists():
+            # SQLite accepts an empty file as an empty database and gives its -wal and -shm
+            # files the database's mode: creating it 0600 here keeps the index private without
+            # touching the process-wide umask.
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+
+    def _chmod_db_files(self) -> None:
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            with suppress(FileNotFoundError):
+                path = self._dir / name
+                if path.stat().st_mode & 0o777 != FILE_MODE:
+                    os.chmod(path, FILE_MODE)
+
+    def _sweep_orphans(self) -> None:
+        """Remove value files no row points at: writes a crash interrupted before the commit."""
+        known = {row[0] for row in self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        cutoff = time.time() - ORPHAN_GRACE
+        removed = 0
+        for path in self._dir.glob("*/*/*.val"):
+            rel = str(path.relative_to(self._dir))
+            if rel in known:
+                continue
+            with suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        if removed:
+            log.info("removed %d unfinished chunk file(s) from %s", removed, self._dir)
+
+    # --- index queries -----------------------------------------------------------------------
+
+    def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
+        """Run a read-only query on diskcache's index.
+
+        diskcache has no range query; its Cache table (key, raw, tag, size, filename,
+        access_time) has been stable since 4.0. Going through its per-thread connection keeps
+        us inside its transactions' view.
+        """
+        return self._cache._sql(statement, args).fetchall()
+
+    def _present(self, layout: ArchiveLayout) -> dict[int, bytes]:
+        """Stored chunks of this layout: index → verified tree hash, in one indexed range scan."""
+        prefix = _grid_prefix(layout)
+        low, high = _prefix_bounds(prefix)
+        rows = self._query(
+            "SELECT key, tag FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (low, high)
+        )
+        found: dict[int, bytes] = {}
+        for key, tag in rows:
+            suffix = key[len(prefix):]
+            if suffix.isdigit():
+                index = int(suffix)
+                if index < layout.chunk_count:
+                    found[index] = bytes(tag)
+        return found
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def put_chunk(self, layout: ArchiveLayout, index: int, data: bytes, tree_hash: bytes) -> None:
+        """Store chunk ``index`` if and only if ``data`` has the expected length and tree hash.
+
+        Raises ChunkVerificationError (cache unchanged) or CacheFullError (nothing stored,
+        nothing half-written left). Storing a chunk that is already there is a no-op.
+        """
+        expected_length = layout.chunk_length(index)
+        if len(data) != expected_length:
+            raise ChunkVerificationError(
+                f"archive {layout.archive_id} chunk {index}: {len(data)} bytes, "
+                f"expected {expected_length}"
+            )
+        actual = treehash.tree_hash(data)
+        if actual != bytes(tree_hash):
+            raise ChunkVerificationError(
+                f"archive {layout.archive_id} chunk {index}: tree hash {actual.hex()} "
+                f"!= expected {bytes(tree_hash).hex()}"
+            )
+        if self.chunk_tree_hash(layout, index) == actual:
+            return
+        key = _chunk_key(layout, index)
+        data = bytes(data)
+        with self._reservation(len(data)):
+            self._disk.take_written()
+            try:
+                self._cache.set(key, data, tag=actual, retry=True)
+            except BaseException as exc:
+                self._undo_failed_set()
+                if _is_disk_full(exc):
+                    raise CacheFullError(
+                        f"no room to cache archive {layout.archive_id} chunk {index}: {exc}"
+                    ) from exc
+                raise
+        self._forget_handle(key)
+        with self._room_lock:
+            self._make_room_locked(0, keep=key)
+        log.debug("cached archive %s chunk %d (%d bytes)", layout.archive_id, index, len(data))
+
+    def _undo_failed_set(self) -> None:
+        """After a failed set: end any transaction SQLite left open, remove the orphan file.
+
+        SQLite may or may not roll back by itself after SQLITE_FULL on COMMIT; a transaction left
+        open would make every later write on this thread fail.
+        """
+        con = self._cache._con
+        if con.in_transaction:
+            with suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+        written = self._disk.take_written()
+        if written is not None:
+            with suppress(OSError):
+                os.unlink(written)
+
+    @contextmanager
+    def _reservation(self, size: int) -> Iterator[None]:
+        """Make room for ``size`` bytes and hold it while they are written (not yet counted in
+        diskcache's volume), so concurrent writers cannot overshoot the limit together."""
+        with self._room_lock:
+            if size > self._size_limit:
+                raise CacheFullError(
+                    f"a {size}-byte chunk cannot fit a {self._size_limit}-byte cache"
+                )
+            self._make_room_locked(size)
+            self._reserved += size
+        try:
+            yield
+        finally:
+            with self._room_lock:
+                self._reserved -= size
+
+    def _make_room_locked(self, incoming: int, keep: str | None = None) -> None:
+        """Evict least-recently-used chunks, one at a time, until ``incoming`` more bytes fit.
+
+        Caller holds ``_room_lock``. Raises CacheFullError if even an empty cache (only the
+        index left) cannot take them.
+        """
+        evicted = 0
+        while self._cache.volume() + self._reserved + incoming > self._size_limit:
+            rows = self._query(
+                "SELECT key FROM Cache WHERE key != ? ORDER BY access_time LIMIT 1", (keep or "",)
+            )
+            if not rows:
+                if incoming:
+                    raise CacheFullError(
+                        f"{incoming} bytes do not fit a {self._size_limit}-byte cache"
+                    )
+                break
+            victim = rows[0][0]
+            self._cache.delete(victim, retry=True)
+            self._forget_handle(victim)
+            evicted += 1
+        if evicted:
+            log.debug("evicted %d chunk(s) to stay under %d bytes", evicted, self._size_limit)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def has_chunk(self, layout: ArchiveLayout, index: int) -> bool:
+        return bool(self._query(
+            "SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (_chunk_key(layout, index),)
+        ))
+
+    def missing_chunks(self, layout: ArchiveLayout) -> list[int]:
+        present = self._present(layout)
+        return [i for i in range(layout.chunk_count) if i not in present]
+
+    def cached_bytes(self, layout: ArchiveLayout) -> int:
+        """Verified bytes held for this archive (shown in ``user.glacier.cache.bytes``)."""
+        return sum(layout.chunk_length(i) for i in self._present(layout))
+
+    def state(self, layout: ArchiveLayout) -> str:
+        """"absent", "partial" or "cached" (shown in ``user.glacier.cache``)."""
+        present = len(self._present(layout))
+        if present == 0:
+            return "absent"
+        return "cached" if present == layout.chunk_count else "partial"
+
+    def chunk_tree_hash(self, layout: ArchiveLayout, index: int) -> bytes | None:
+        """The verified tree hash stored with chunk ``index``, or None if it is not cached."""
+        rows = self._query(
+            "SELECT tag FROM Cache WHERE key = ? AND raw = 1", (_chunk_key(layout, index),)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def chunk_tree_hashes(self, layout: ArchiveLayout) -> dict[int, bytes]:
+        """Every stored chunk's verified tree hash, for folding the root on resume."""
+        return self._present(layout)
+
+    def discard_archive(self, archive_id: str) -> None:
+        """Drop every chunk of an archive, whatever chunk size it was cached with."""
+        low, high = _prefix_bounds(_key_prefix(archive_id))
+        keys = [row[0] for row in self._query(
+            "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (low, high)
+        )]
+        for key in keys:
+            self._cache.delete(key, retry=True)
+            self._forget_handle(key)
+        if keys:
+            log.debug("discarded %d chunk(s) of archive %s", len(keys), archive_id)
+
+    def volume(self) -> int:
+        """Bytes on disk: chunk files plus the index."""
+        return self._cache.volume()
+
+    @property
+    def size_limit(self) -> int:
+        return self._size_limit
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def read(self, layout: ArchiveLayout, offset: int, length: int) -> bytes:
+        """Bytes ``offset``..``offset+length`` clamped to the archive size, all or nothing.
+
+        Raises NotCached with every missing chunk index if any chunk the range needs is absent.
+        """
+        chunks = layout.chunks_for(offset, length)
+        if not chunks:
+            return b""
+        end = min(offset + length, layout.size)
+        handles: list[_Handle] = []
+        missing: list[int] = []
+        try:
+            for index in chunks:
+                handle = self._acquire(layout, index)
+                if handle is None:
+                    missing.append(index)
+                else:
+                    handles.append(handle)
+            if missing:
+                raise NotCached(missing, layout.archive_id)
+            if len(handles) == 1:
+                start = offset - chunks.start * layout.chunk_size
+                data = os.pread(handles[0].fd, end - offset, start)
+                if len(data) != end - offset:
+                    self._truncated(layout, chunks.start)
+                return data
+            parts = []
+            for index, handle in zip(chunks, handles, strict=True):
+                c_start, c_end = layout.chunk_range(index)
+                lo, hi = max(offset, c_start), min(end - 1, c_end)
+                part = os.pread(handle.fd, hi - lo + 1, lo - c_start)
+                if len(part) != hi - lo + 1:
+                    self._truncated(layout, index)
+                parts.append(part)
+            return b"".join(parts)
+        finally:
+            if handles:
+                self._release(handles)
+
+    def _truncated(self, layout: ArchiveLayout, index: int) -> None:
+        """A chunk file shorter than its chunk: damaged outside our control. Drop, never serve."""
+        key = _chunk_key(layout, index)
+        log.warning("archive %s chunk %d: file shorter than the chunk; dropping it",
+                    layout.archive_id, index)
+        self._cache.delete(key, retry=True)
+        self._forget_handle(key)
+        raise NotCached([index], layout.archive_id)
+
+    def _acquire(self, layout: ArchiveLayout, index: int) -> _Handle | None:
+        """An open handle on chunk ``index`` with one use counted, or None if not cached."""
+        key = _chunk_key(layout, index)
+        now = time.monotonic()
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is not None and now - handle.checked_at < TOUCH_INTERVAL:
+                self._handles.move_to_end(key)
+                handle.users += 1
+                return handle
+        # Open, or re-check and refresh the LRU access time: one SQLite write, outside our lock.
+        file = self._cache.get(key, read=True, retry=True)
+        if file is not None and not hasattr(file, "fileno"):
+            file = None  # not a chunk file (never written by us)
+        if file is not None and os.fstat(file.fileno()).st_size != layout.chunk_length(index):
+            file.close()
+            self._truncated_quietly(layout, index)
+            file = None
+        with self._lock:
+            old = self._handles.pop(key, None)
+            if old is not None:
+                self._retire_locked(old)
+            if file is None:
+                return None
+            handle = _Handle(file, now)
+            handle.users = 1
+            self._handles[key] = handle
+            while len(self._handles) > HANDLE_CACHE_SIZE:
+                _, oldest = self._handles.popitem(last=False)
+                self._retire_locked(oldest)
+            return handle
+
+    def _truncated_quietly(self, layout: ArchiveLayout, index: int) -> None:
+        with suppress(NotCached):
+            self._truncated(layout, index)
+
+    def _release(self, handles: list[_Handle]) -> None:
+        with self._lock:
+            for handle in handles:
+                handle.users -= 1
+                if handle.retired and handle.users == 0:
+                    handle.file.close()
+
+    def _retire_locked(self, handle: _Handle) -> None:
+        handle.retired = True
+        if handle.users == 0:
+            handle.file.close()
+
+    def _forget_handle(self, key: str) -> None:
+        with self._lock:
+            handle = self._handles.pop(key, None)
+            if handle is not None:
+                self._retire_locked(handle)
+
+    def close(self) -> None:
+        with self._lock:
+            while self._handles:
+                _, handle = self._handles.popitem()
+                self._retire_locked(handle)
+        self._cache.close()
+
+    def __enter__(self) -> ChunkCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
