@@ -1,0 +1,277 @@
+"""``glacierfs status | restore | wait | demo``: commands for people and scripts.
+
+They talk to a running mount through its extended attributes only (the root's
+``user.glacier.status`` JSON, each file's ``user.glacier.*``, and ``user.glacier.restore``),
+so they work for any user who can see the mount and with any mount option, ``ro`` included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+STATUS_XATTR = "user.glacier.status"
+BY_ID_DIR = ".by-id"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+class CommandError(Exception):
+    """One line for the user; the command exits non-zero."""
+
+
+def _xattr(path: Path | str, name: str) -> str | None:
+    try:
+        return os.getxattr(path, name).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def glacierfs_mounts() -> list[Path]:
+    mounts = []
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "fuse.glacierfs":
+                mounts.append(Path(fields[1].replace("\\040", " ")))
+    return mounts
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    frac = 1.0 if total <= 0 else min(done / total, 1.0)
+    filled = int(frac * width)
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {frac * 100:5.1f}%"
+
+
+# --- status --------------------------------------------------------------------------------
+
+def cmd_status(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="glacierfs status",
+                                description="Show vaults, jobs, downloads, cache and limits "
+                                            "of a running glacierfs mount.")
+    p.add_argument("mountpoint", nargs="?", help="default: every glacierfs mount")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    mounts = [Path(args.mountpoint)] if args.mountpoint else glacierfs_mounts()
+    if not mounts:
+        raise CommandError("no glacierfs mount found (give the mount point)")
+    docs = {}
+    for mnt in mounts:
+        raw = _xattr(mnt, STATUS_XATTR)
+        if raw is None:
+            raise CommandError(f"{mnt} is not a live glacierfs mount")
+        docs[str(mnt)] = json.loads(raw)
+    if args.json:
+        print(json.dumps(docs if len(docs) > 1 else next(iter(docs.values())), indent=2))
+        return EXIT_OK
+    for mnt, doc in docs.items():
+        print(render_status(mnt, doc))
+    return EXIT_OK
+
+
+def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
+    lines = [f"glacierfs on {mountpoint}"]
+    lines.append("Vaults:")
+    for v in doc.get("vaults", []):
+        inv = v.get("inventory_status") or "None"
+        detail = f"inventory {v['inventory_date']}" if v.get("inventory_date") else f"inventory {inv}"
+        count = v.get("archives")
+        lines.append(f"  {v['name']:<24} {count if count is not None else '-':>9} archives  "
+                     f"{detail}" + (f"  ({v['inventory_message']})"
+                                    if v.get("inventory_message") else ""))
+    counts = doc.get("job_counts", {})
+    lines.append("Jobs: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"))
+    now = doc.get("time", time.time())
+    for job in doc.get("jobs", []):
+        name = job.get("path") or job["archive_id"][:24]
+        line = f"  {job['status']:<10} {job['tier']:<9} {_duration(job['age']):>6} ago  {name}"
+        if job.get("expected_completion") and job["status"] in ("InProgress", "Queued"):
+            line += f"  (expected in ~{_duration(job['expected_completion'] - now)})"
+        if job["status"] == "Succeeded" or job.get("cached_bytes"):
+            line += f"\n             {_bar(job.get('cached_bytes', 0), job.get('size', 0))} " \
+                    f"{human(job.get('cached_bytes', 0))} of {human(job.get('size', 0))}"
+        if job.get("message"):
+            line += f"\n             {job['message']}"
+        lines.append(line)
+    cache = doc.get("cache", {})
+    lines.append(f"Cache: {human(cache.get('used', 0))} of {human(cache.get('limit', 0))} "
+                 f"{_bar(cache.get('used', 0), cache.get('limit', 1), 16)}")
+    lim = doc.get("limits", {})
+    budget = lim.get("budget")
+    lines.append(f"Limits: tier {lim.get('tier')}, retrieve={lim.get('retrieve')}, max_jobs "
+                 f"{lim.get('max_jobs') or 'unlimited'}, budget "
+                 + (f"{human(lim.get('budget_used', 0))} of {human(budget)} per day" if budget
+                    else "unlimited"))
+    return "\n".join(lines)
+
+
+# --- restore and wait ---------------------------------------------------------------------
+
+@dataclass
+class FileState:
+    path: Path
+    size: int
+    cache: str
+    cached_bytes: int
+    job_status: str | None
+    message: str | None
+
+
+def file_state(path: Path) -> FileState | None:
+    size = _xattr(path, "user.glacier.size")
+    if size is None:
+        return None
+    return FileState(path, int(size), _xattr(path, "user.glacier.cache") or "absent",
+                     int(_xattr(path, "user.glacier.cache.bytes") or 0),
+                     _xattr(path, "user.glacier.job.status"),
+                     _xattr(path, "user.glacier.job.status_message"))
+
+
+def iter_files(paths: list[str], recursive: bool) -> Iterator[Path]:
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            if not recursive:
+                raise CommandError(f"{path} is a directory (use -r)")
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != BY_ID_DIR)
+                for name in sorted(files):
+                    yield Path(root) / name
+        elif path.exists():
+            yield path
+        else:
+            raise CommandError(f"{path}: no such file")
+
+
+def cmd_restore(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="glacierfs restore",
+                                description="Start retrievals for files or whole trees.")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"],
+                   help="default: the mount's tier")
+    p.add_argument("-r", "--recursive", action="store_true")
+    args = p.parse_args(argv)
+    requested = cached = running = failed = 0
+    req_bytes = 0
+    for path in iter_files(args.paths, args.recursive):
+        st = file_state(path)
+        if st is None:
+            print(f"glacierfs restore: {path}: not a file on a glacierfs mount", file=sys.stderr)
+            failed += 1
+            continue
+        if st.cache == "cached":
+            cached += 1
+            continue
+        if st.job_status in ("InProgress", "Queued", "Succeeded"):
+            running += 1
+            continue
+        tier = args.tier or "Standard"
+        if args.tier is None:
+            tier = _mount_tier(path) or "Standard"
+        try:
+            os.setxattr(path, "user.glacier.restore", tier.encode())
+        except OSError as exc:
+            print(f"glacierfs restore: {path}: {exc.strerror}", file=sys.stderr)
+            failed += 1
+            continue
+        requested += 1
+        req_bytes += st.size
+    print(f"requested {requested} archives ({human(req_bytes)}); {cached} already cached, "
+          f"{running} already in progress" + (f", {failed} failed" if failed else ""))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _mount_tier(path: Path) -> str | None:
+    for mnt in glacierfs_mounts():
+        try:
+            path.resolve().relative_to(mnt)
+        except ValueError:
+            continue
+        raw = _xattr(mnt, STATUS_XATTR)
+        if raw:
+            return json.loads(raw).get("limits", {}).get("tier")
+    return None
+
+
+def cmd_wait(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="glacierfs wait",
+                                description="Wait until files are cached. Exit 0 when all are, "
+                                            "1 if a retrieval failed, 3 on timeout.")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("--timeout", type=float, default=None, help="seconds (default: no limit)")
+    p.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    files = list(iter_files(args.paths, args.recursive))
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    tty = sys.stderr.isatty()
+    while True:
+        states = [s for s in (file_state(f) for f in files) if s is not None]
+        total = sum(s.size for s in states)
+        done = sum(s.cached_bytes if s.cache != "cached" else s.size for s in states)
+        ready = sum(1 for s in states if s.cache == "cached")
+        failed = [s for s in states if s.job_status == "Failed" and s.cache != "cached"]
+        not_requested = [s for s in states if s.cache != "cached" and s.job_status is None]
+        line = f"{_bar(done, total)} {ready}/{len(states)} files, {human(done)} of {human(total)}"
+        if tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        if ready == len(states) or failed or not_requested or \
+                (deadline and time.monotonic() >= deadline):
+            break
+        time.sleep(args.interval)
+    if tty:
+        print(file=sys.stderr)
+    print(line)
+    for s in failed:
+        print(f"glacierfs wait: {s.path}: retrieval failed: {s.message or 'unknown reason'}",
+              file=sys.stderr)
+    if failed:
+        return EXIT_FAILED
+    if ready == len(states):
+        return EXIT_OK
+    if not_requested:
+        print(f"glacierfs wait: {len(not_requested)} files have no retrieval "
+              "(run glacierfs restore first)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_TIMEOUT
+
+
+def main(name: str, argv: list[str]) -> int:
+    try:
+        if name == "status":
+            return cmd_status(argv)
+        if name == "restore":
+            return cmd_restore(argv)
+        if name == "wait":
+            return cmd_wait(argv)
+        if name == "demo":
+            from glacierfs.demo import main as demo_main
+            return demo_main(argv)
+    except CommandError as exc:
+        print(f"glacierfs {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    raise SystemExit(f"glacierfs: unknown command {name}")

@@ -1,0 +1,317 @@
+"""The FUSE adapter: kernel requests in, namespace and retrieval calls out, errno back.
+
+Holds no Glacier logic. One boundary (``_handler``) turns the core's exceptions into
+``FUSEError``; anything unexpected is logged with its traceback and answered EIO, because an
+exception escaping a pyfuse3 handler would stop the whole filesystem.
+
+Semantics (the README's table is generated from the same decisions):
+- the tree is read-only: every write-like request gets EROFS; ``user.glacier.restore`` is the
+  one writable attribute (so the kernel mount is never ``ro``: it would refuse setxattr);
+- a read of uncached bytes starts or joins a retrieval and fails with EAGAIN while it runs,
+  ENODATA when it may not start one (``retrieve=manual``, crawlers), EIO when the job failed
+  or the bytes could not be verified, ENOSPC when the cache disk is full;
+- unknown attribute names get ENODATA (never ENOSYS, which the kernel makes permanent).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+
+import pyfuse3
+
+from glacierfs import xattrs
+from glacierfs.namespace import Entry, Namespace
+from glacierfs.options import TIERS, MountOptions
+from glacierfs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
+                                 RetrievalFailed)
+from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 60.0   # names and sizes change only with a new inventory
+ATTR_TIMEOUT = 60.0
+BLOCK_SIZE = 128 * 1024
+XATTR_STABLE_FOR = 2.0  # getxattr's size probe and fetch must see the same value
+RESTORE_XATTR = "user.glacier.restore"
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_ERRNO: dict[type[BaseException], int] = {
+    NotReady: errno.EAGAIN,
+    NotRequested: errno.ENODATA,
+    RetrievalFailed: errno.EIO,
+    CacheFull: errno.ENOSPC,
+}
+
+
+def _handler(fn: F) -> F:
+    """The error boundary around every request."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except RetrievalError as exc:
+            raise pyfuse3.FUSEError(_ERRNO.get(type(exc), errno.EIO)) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class OpenFile:
+    entry: Entry
+    may_start: bool   # reads through this handle may start a paid retrieval
+
+
+class GlacierOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, namespace: Namespace, retrieval: Retrieval, options: MountOptions,
+                 on_vault_opened: Callable[[str], None] = lambda v: None) -> None:
+        super().__init__()
+        self.ns = namespace
+        self.retrieval = retrieval
+        self.options = options
+        self.on_vault_opened = on_vault_opened
+        self.uid = options.uid if options.uid is not None else os.getuid()
+        self.gid = options.gid if options.gid is not None else os.getgid()
+        self._open_files: dict[int, OpenFile] = {}
+        self._next_fh = 1
+        self._xattr_memo: dict[tuple[int, bytes], tuple[float, bytes]] = {}
+
+    # --- attributes -----------------------------------------------------------------------
+    def _entry(self, inode: int) -> Entry:
+        entry = self.ns.get(inode)
+        if entry is None or (entry.parent < 0 and inode != ROOT_INODE):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return entry
+
+    def _attrs(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = entry.inode
+        attr.generation = 0
+        attr.entry_timeout = ENTRY_TIMEOUT
+        attr.attr_timeout = ATTR_TIMEOUT
+        umask = self.options.umask
+        if entry.kind == KIND_FILE:
+            attr.st_mode = stat.S_IFREG | (0o444 & ~umask)
+            attr.st_nlink = 1
+            attr.st_size = entry.size
+        else:
+            attr.st_mode = stat.S_IFDIR | (0o555 & ~umask)
+            attr.st_nlink = 2
+            attr.st_size = 0
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = -(-attr.st_size // 512)
+        mtime = entry.mtime_ns or 0
+        attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = mtime
+        return attr
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._entry(inode))
+
+    @_handler
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._entry(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            return self._attrs(parent)
+        if text == "..":
+            return self._attrs(self._entry(parent.parent if parent.parent > 0 else ROOT_INODE))
+        if parent.kind == KIND_VAULT:
+            self.on_vault_opened(parent.vault)
+        entry = self.ns.lookup(parent, text)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(entry)
+
+    async def forget(self, inode_list: Any) -> None:
+        return None  # entries live in the database; nothing is held per lookup
+
+    # --- directories -------------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        entry = self._entry(inode)
+        if entry.kind == KIND_FILE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if entry.kind == KIND_VAULT:
+            self.on_vault_opened(entry.vault)
+        return inode
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        parent = self._entry(fh)
+        after = start_id
+        while True:
+            batch = self.ns.children(parent, after)
+            if not batch:
+                return
+            for child in batch:
+                if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self._attrs(child),
+                                             child.inode):
+                    return
+                after = child.inode
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # --- files -----------------------------------------------------------------------------
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        entry = self._entry(inode)
+        if entry.kind != KIND_FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        may_start = self.options.retrieve == "auto" and \
+            _process_name(ctx.pid) not in self.options.retrieve_ignore
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open_files[fh] = OpenFile(entry, may_start)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._open_files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        entry = handle.entry
+        if off >= entry.size or size <= 0:
+            return b""
+        size = min(size, entry.size - off)
+        return await self.retrieval.read(entry, off, size, handle.may_start)
+
+    async def release(self, fh: int) -> None:
+        self._open_files.pop(fh, None)
+
+    # --- extended attributes -----------------------------------------------------------------
+    def _xattr_values(self, entry: Entry) -> dict[str, str]:
+        if entry.kind == KIND_FILE:
+            return xattrs.file_attributes(entry, self.retrieval)
+        if entry.kind == KIND_VAULT:
+            info = self.ns.vault(entry.vault)
+            return xattrs.vault_attributes(info) if info else {}
+        if entry.inode == ROOT_INODE:
+            return xattrs.root_attributes(self.ns, self.retrieval, self.options)
+        return {}
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [name.encode() for name in self._xattr_values(self._entry(inode))]
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        key = (inode, name)
+        now = time.monotonic()
+        memo = self._xattr_memo.get(key)
+        if memo is not None and now - memo[0] < XATTR_STABLE_FOR:
+            return memo[1]
+        values = self._xattr_values(self._entry(inode))
+        value = values.get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        data = value.encode("utf-8", "surrogateescape")
+        if len(self._xattr_memo) > 10000:
+            self._xattr_memo.clear()
+        self._xattr_memo[key] = (now, data)
+        return data
+
+    @_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        entry = self._entry(inode)
+        if os.fsdecode(name) != RESTORE_XATTR:
+            raise pyfuse3.FUSEError(errno.EROFS if name.startswith(b"user.glacier.")
+                                    else errno.ENOTSUP)
+        if entry.kind != KIND_FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        tier = value.decode("utf-8", "replace").strip().capitalize()
+        if tier not in TIERS:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self.retrieval.request(entry, tier=tier, explicit=True)
+        self._xattr_memo = {k: v for k, v in self._xattr_memo.items() if k[0] != inode}
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._entry(inode)
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    # --- everything that would write -------------------------------------------------------
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """``df`` shows the local cache: its size limit and how much of it holds data."""
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        limit = self.retrieval.cache.size_limit
+        used = min(self.retrieval.cache.volume(), limit)
+        data.f_blocks = limit // BLOCK_SIZE
+        data.f_bfree = data.f_bavail = (limit - used) // BLOCK_SIZE
+        data.f_files = data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data

@@ -1,0 +1,327 @@
+"""The only module that talks to Amazon S3 Glacier (through boto3).
+
+It owns: the boto3 session and client, retries, the translation of botocore errors into this
+project's exception classes, and a count of API calls by operation (shown by ``glacierfs
+status`` and the benchmarks).
+
+Threading model: ``GlacierClient`` is blocking and thread-safe (boto3 clients are). The trio
+side uses ``AsyncGlacier``, which runs each call in a worker thread behind one
+``trio.CapacityLimiter`` so a burst of reads can never open hundreds of connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import ipaddress
+import logging
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
+from collections.abc import Callable
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import trio
+
+log = logging.getLogger(__name__)
+
+# Retries inside botocore cover throttling, 5xx and connection errors before a body arrives;
+# body read errors (a connection dropped mid-chunk) are retried by the downloader, which knows
+# which range to ask for again.
+BOTO_MAX_ATTEMPTS = 6
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+LIST_JOBS_PAGE = 50  # ListJobs' maximum page size: fewest calls per polling round
+OUR_JOB_PREFIX = "glacierfs"
+
+T = TypeVar("T")
+
+
+class GlacierError(Exception):
+    """An error answer or failure of the Glacier service; ``code`` is Glacier's error code."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class NotFound(GlacierError):
+    """ResourceNotFoundException: no such vault, archive or job, or job output expired."""
+
+
+class Throttled(GlacierError):
+    pass
+
+
+class InsufficientCapacity(GlacierError):
+    """Expedited retrievals are momentarily unavailable."""
+
+
+class PolicyEnforced(GlacierError):
+    """The account's data retrieval policy refuses the job: retrying cannot help."""
+
+
+class ServiceUnavailable(GlacierError):
+    pass
+
+
+class Unreachable(GlacierError):
+    """No answer from the endpoint (connection refused, DNS, timeouts)."""
+
+
+class AccessDenied(GlacierError):
+    """Credentials missing, unknown or not allowed."""
+
+
+class InvalidRequest(GlacierError):
+    """The service rejected a parameter: a bug or an unsupported archive state."""
+
+
+_CODE_CLASSES: dict[str, type[GlacierError]] = {
+    "ResourceNotFoundException": NotFound,
+    "ThrottlingException": Throttled,
+    "InsufficientCapacityException": InsufficientCapacity,
+    "PolicyEnforcedException": PolicyEnforced,
+    "ServiceUnavailableException": ServiceUnavailable,
+    "RequestTimeoutException": ServiceUnavailable,
+    "AccessDeniedException": AccessDenied,
+    "UnrecognizedClientException": AccessDenied,
+    "InvalidSignatureException": AccessDenied,
+    "ExpiredTokenException": AccessDenied,
+    "MissingAuthenticationTokenException": AccessDenied,
+    "InvalidParameterValueException": InvalidRequest,
+    "MissingParameterValueException": InvalidRequest,
+    "LimitExceededException": Throttled,
+}
+
+
+def translate(exc: BaseException) -> GlacierError:
+    """Map a botocore/urllib3 exception to a GlacierError subclass (never leaks credentials)."""
+    if isinstance(exc, GlacierError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "Unknown")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        cls = _CODE_CLASSES.get(code)
+        if cls is None:
+            cls = ServiceUnavailable if (status or 0) >= 500 else GlacierError
+        return cls(code, str(err.get("Message") or ""), status)
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError,
+                        botocore.exceptions.PartialCredentialsError)):
+        return AccessDenied("NoCredentials", "no AWS credentials found (environment, "
+                            "~/.aws/credentials, profile= or an instance role)")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return AccessDenied("ProfileNotFound", str(exc))
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
+                        botocore.exceptions.ConnectTimeoutError,
+                        botocore.exceptions.ReadTimeoutError,
+                        botocore.exceptions.ConnectionClosedError)):
+        return Unreachable("Unreachable", str(exc))
+    if isinstance(exc, (botocore.exceptions.IncompleteReadError,
+                        botocore.exceptions.ResponseStreamingError,
+                        ConnectionError, TimeoutError)):
+        return Unreachable("ConnectionDropped", str(exc) or type(exc).__name__)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return GlacierError(type(exc).__name__, str(exc))
+    if isinstance(exc, OSError):
+        return Unreachable("ConnectionError", str(exc) or type(exc).__name__)
+    raise exc
+
+
+def is_loopback_url(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    region: str
+    account_id: str = "-"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    max_connections: int = 16
+
+
+def _quiet_aws_loggers() -> None:
+    """botocore's DEBUG output includes request headers; keep it out of our logs entirely."""
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class GlacierClient:
+    """Blocking Glacier calls used by glacierfs, with errors translated and calls counted."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        _quiet_aws_loggers()
+        self.settings = settings
+        self.account_id = settings.account_id
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        try:
+            session = boto3.session.Session(profile_name=settings.profile,
+                                            region_name=settings.region)
+            credentials = session.get_credentials()
+        except botocore.exceptions.BotoCoreError as exc:
+            raise translate(exc) from None
+        extra: dict[str, Any] = {}
+        if credentials is None and is_loopback_url(settings.endpoint_url):
+            # A local emulator needs no real credentials; never done for a real endpoint.
+            extra = {"aws_access_key_id": "glacierfs-local", "aws_secret_access_key": "unused"}
+        config = botocore.config.Config(
+            retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+            max_pool_connections=settings.max_connections,
+            user_agent_extra="glacierfs",
+        )
+        self._client = session.client("glacier", endpoint_url=settings.endpoint_url,
+                                      config=config, **extra)
+
+    def _call(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        with self._lock:
+            self.calls[operation] += 1
+        try:
+            return fn(accountId=self.account_id, **kwargs)
+        except Exception as exc:  # translated; anything unknown is re-raised by translate
+            raise translate(exc) from None
+
+    # --- vaults -------------------------------------------------------------------------
+    def list_vaults(self) -> list[dict[str, Any]]:
+        vaults: list[dict[str, Any]] = []
+        marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": "1000"}
+            if marker:
+                kwargs["marker"] = marker
+            page = self._call("ListVaults", self._client.list_vaults, **kwargs)
+            vaults.extend(page.get("VaultList", []))
+            marker = page.get("Marker")
+            if not marker:
+                return vaults
+
+    def describe_vault(self, vault: str) -> dict[str, Any]:
+        return self._call("DescribeVault", self._client.describe_vault, vaultName=vault)
+
+    # --- jobs ---------------------------------------------------------------------------
+    def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
+                                   description: str) -> str:
+        params = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier,
+                  "Description": description[:1024]}
+        out = self._call("InitiateJob", self._client.initiate_job, vaultName=vault,
+                         jobParameters=params)
+        return str(out["jobId"])
+
+    def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
+        params = {"Type": "inventory-retrieval", "Format": fmt,
+                  "Description": f"{OUR_JOB_PREFIX} inventory"}
+        out = self._call("InitiateJob", self._client.initiate_job, vaultName=vault,
+                         jobParameters=params)
+        return str(out["jobId"])
+
+    def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
+        return self._call("DescribeJob", self._client.describe_job, vaultName=vault, jobId=job_id)
+
+    def list_jobs(self, vault: str, completed: bool | None = None,
+                  statuscode: str | None = None) -> list[dict[str, Any]]:
+        """Every job of the vault (all pages), newest information from the service."""
+        jobs: list[dict[str, Any]] = []
+        marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"vaultName": vault, "limit": str(LIST_JOBS_PAGE)}
+            if completed is not None:
+                kwargs["completed"] = "true" if completed else "false"
+            if statuscode:
+                kwargs["statuscode"] = statuscode
+            if marker:
+                kwargs["marker"] = marker
+            page = self._call("ListJobs", self._client.list_jobs, **kwargs)
+            jobs.extend(page.get("JobList", []))
+            marker = page.get("Marker")
+            if not marker:
+                return jobs
+
+    def get_job_output_range(self, vault: str, job_id: str, start: int,
+                             end: int) -> tuple[bytes, str | None]:
+        """Bytes ``start..end`` (inclusive) of a job's output and Glacier's tree hash of them
+        (present when the range is tree-hash aligned). A dropped body raises Unreachable."""
+        out = self._call("GetJobOutput", self._client.get_job_output, vaultName=vault,
+                         jobId=job_id, range=f"bytes={start}-{end}")
+        body = out["body"]
+        try:
+            data = body.read()
+        except Exception as exc:
+            raise translate(exc) from None
+        finally:
+            body.close()
+        expected = end - start + 1
+        if len(data) != expected:
+            raise Unreachable("ShortBody", f"got {len(data)} of {expected} bytes")
+        return data, out.get("checksum")
+
+    def download_job_output(self, vault: str, job_id: str, dest: BinaryIO,
+                            block: int = 1024 * 1024) -> dict[str, Any]:
+        """Stream a whole job output (an inventory) into ``dest``; returns the response
+        metadata (contentType, checksum)."""
+        out = self._call("GetJobOutput", self._client.get_job_output, vaultName=vault,
+                         jobId=job_id)
+        body = out["body"]
+        try:
+            while True:
+                piece = body.read(block)
+                if not piece:
+                    break
+                dest.write(piece)
+        except Exception as exc:
+            raise translate(exc) from None
+        finally:
+            body.close()
+        return {"contentType": out.get("contentType"), "checksum": out.get("checksum")}
+
+
+class AsyncGlacier:
+    """trio facade: each call runs in a thread, at most ``limit`` at once."""
+
+    def __init__(self, client: GlacierClient, limit: int = 8) -> None:
+        self.client = client
+        self.limiter = trio.CapacityLimiter(limit)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                             limiter=self.limiter, abandon_on_cancel=True)
+
+    async def list_vaults(self) -> list[dict[str, Any]]:
+        return await self.run(self.client.list_vaults)
+
+    async def describe_vault(self, vault: str) -> dict[str, Any]:
+        return await self.run(self.client.describe_vault, vault)
+
+    async def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
+                                         description: str) -> str:
+        return await self.run(self.client.initiate_archive_retrieval, vault, archive_id, tier,
+                              description)
+
+    async def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
+        return await self.run(self.client.initiate_inventory_retrieval, vault, fmt)
+
+    async def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
+        return await self.run(self.client.describe_job, vault, job_id)
+
+    async def list_jobs(self, vault: str, completed: bool | None = None,
+                        statuscode: str | None = None) -> list[dict[str, Any]]:
+        return await self.run(self.client.list_jobs, vault, completed, statuscode)
+
+    async def get_job_output_range(self, vault: str, job_id: str, start: int,
+                                   end: int) -> tuple[bytes, str | None]:
+        return await self.run(self.client.get_job_output_range, vault, job_id, start, end)

@@ -1,0 +1,166 @@
+"""Getting each vault's inventory into the namespace, and keeping it fresh.
+
+A vault with no stored inventory gets one when first listed: a recent full inventory job of
+the vault (ListJobs, maybe started by another tool or machine) is reused, otherwise one is
+started (JSON). While it runs the vault directory is empty and its xattrs say why. The output
+is streamed to a file in the state dir and ingested in a worker thread. A stored inventory is
+used at once on remount, with no API call; when it is older than ``inventory_refresh``, a newer
+one is looked for in the background (a newer finished job, or a new job when DescribeVault
+reports a newer LastInventoryDate).
+
+Runs on the trio thread; one task per vault at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+import trio
+
+from glacierfs import glacier
+from glacierfs.namespace import Namespace, ingest_inventory
+from glacierfs.options import MountOptions
+from glacierfs.store import Store
+
+log = logging.getLogger(__name__)
+
+INVENTORY_POLL = 900.0       # real inventory jobs take hours; ``poll`` overrides
+INVENTORY_FORMAT = "JSON"    # Glacier's CSV is ambiguous; JSON is exact
+OUTPUT_LIFETIME = 24 * 3600
+
+
+def _is_full_inventory(job: dict[str, Any]) -> bool:
+    """A paged or date-filtered inventory job lists only part of the vault."""
+    params = job.get("InventoryRetrievalParameters") or {}
+    return not any(params.get(k) for k in ("StartDate", "EndDate", "Limit", "Marker")) or \
+        (not params.get("StartDate") and not params.get("EndDate") and not params.get("Limit")
+         and not params.get("Marker"))
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class Inventories:
+    def __init__(self, namespace: Namespace, client: glacier.AsyncGlacier, options: MountOptions,
+                 nursery: trio.Nursery, on_change: Callable[[str], None] = lambda v: None) -> None:
+        self.ns = namespace
+        self.client = client
+        self.options = options
+        self.nursery = nursery
+        self.on_change = on_change
+        self._running: set[str] = set()
+        self._checked: dict[str, float] = {}
+
+    def ensure(self, vault: str) -> None:
+        """Called when a vault is listed or looked into: start a fetch or refresh if due."""
+        if vault in self._running:
+            return
+        info = self.ns.vault(vault)
+        if info is None:
+            return
+        now = time.time()
+        if info.inventory_date is None and info.inventory_status != "Succeeded":
+            if now - self._checked.get(vault, 0) < 5:
+                return
+        else:
+            refresh = self.options.inventory_refresh
+            loaded = info.inventory_loaded_at or 0
+            if not refresh or now - loaded < refresh or now - self._checked.get(vault, 0) < refresh:
+                return
+        self._checked[vault] = now
+        self._running.add(vault)
+        self.nursery.start_soon(self._fetch, vault)
+
+    async def _fetch(self, vault: str) -> None:
+        try:
+            await self._fetch_inner(vault)
+        except glacier.GlacierError as exc:
+            log.warning("inventory of vault %s: %s", vault, exc)
+            self.ns.update_vault(vault, inventory_message=f"inventory not available: {exc}")
+        finally:
+            self._running.discard(vault)
+
+    async def _fetch_inner(self, vault: str) -> None:
+        info = self.ns.vault(vault)
+        have_date = _parse(info.inventory_date) if info else None
+        jobs = await self.client.list_jobs(vault)
+        inventory_jobs = [j for j in jobs if j.get("Action") == "InventoryRetrieval"
+                          and _is_full_inventory(j) and j.get("StatusCode") != "Failed"]
+        inventory_jobs.sort(key=lambda j: j.get("CreationDate") or "", reverse=True)
+        now = datetime.now(UTC)
+        chosen: dict[str, Any] | None = None
+        for job in inventory_jobs:
+            if job.get("StatusCode") == "Succeeded":
+                done = _parse(job.get("CompletionDate"))
+                if done is None or (now - done).total_seconds() > OUTPUT_LIFETIME - 600:
+                    continue
+                if info and job.get("JobId") == info.inventory_job_id and have_date:
+                    break  # the newest finished job is the one we already have
+            chosen = job
+            break
+        if chosen is None:
+            if have_date is not None:
+                described = await self.client.describe_vault(vault)
+                last = _parse(described.get("LastInventoryDate"))
+                self.ns.update_vault(vault, last_inventory_date=described.get("LastInventoryDate"))
+                if last is None or last <= have_date:
+                    self.ns.update_vault(vault, inventory_loaded_at=time.time())
+                    return  # nothing newer exists at Glacier
+            job_id = await self.client.initiate_inventory_retrieval(vault, INVENTORY_FORMAT)
+            log.info("vault %s: started inventory job %s", vault, job_id[:16])
+            chosen = {"JobId": job_id, "StatusCode": "InProgress"}
+        job_id = str(chosen["JobId"])
+        self.ns.update_vault(vault, inventory_job_id=job_id, inventory_status=chosen["StatusCode"],
+                             inventory_message=None if chosen["StatusCode"] == "Succeeded" else
+                             "an inventory retrieval job is running (Glacier takes hours); "
+                             "the directory fills when it completes")
+        interval = self.options.poll or INVENTORY_POLL
+        while chosen.get("StatusCode") == "InProgress":
+            await trio.sleep(interval)
+            chosen = await self.client.describe_job(vault, job_id)
+        if chosen.get("StatusCode") != "Succeeded":
+            message = f"inventory job failed: {chosen.get('StatusMessage') or 'unknown reason'}"
+            self.ns.update_vault(vault, inventory_status="Failed", inventory_message=message)
+            return
+        await self._download_and_ingest(vault, job_id)
+
+    async def _download_and_ingest(self, vault: str, job_id: str) -> None:
+        self.ns.update_vault(vault, inventory_status="Ingesting",
+                             inventory_message="reading the inventory")
+        state_dir = self.ns.store.path.parent
+        tmp = state_dir / f"inventory-{os.getpid()}-{abs(hash((vault, job_id)))}.tmp"
+        try:
+            meta = await trio.to_thread.run_sync(self._download, vault, job_id, tmp)
+            fmt = "CSV" if "csv" in str(meta.get("contentType") or "").lower() else "JSON"
+            result = await trio.to_thread.run_sync(self._ingest, state_dir, vault, tmp, fmt, job_id)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("vault %s: inventory of %d archives loaded (%d rows skipped%s)", vault,
+                 result.archives, result.skipped_rows, ", truncated" if result.truncated else "")
+        self.on_change(vault)
+
+    def _download(self, vault: str, job_id: str, path: Path) -> dict[str, Any]:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            return self.client.client.download_job_output(vault, job_id, f)
+
+    @staticmethod
+    def _ingest(state_dir: Path, vault: str, path: Path, fmt: str, job_id: str):  # type: ignore[no-untyped-def]
+        store = Store(state_dir)
+        try:
+            with open(path, "rb") as f:
+                return ingest_inventory(store, vault, f, fmt, job_id)
+        finally:
+            store.close()

@@ -1,0 +1,132 @@
+"""Assembling a mount: state, client, cache, namespace, retrieval, FUSE; then running it.
+
+``run_mount`` is the trio main of the daemon. It calls ``ready()`` only once the kernel mount
+is live, and raises ``MountError`` (one line for the user) for anything that prevents it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from glacierfs import glacier
+from glacierfs.cache import ChunkCache
+from glacierfs.fs import GlacierOperations
+from glacierfs.inventories import Inventories
+from glacierfs.jobstore import JobStore
+from glacierfs.namespace import Namespace
+from glacierfs.options import MountOptions
+from glacierfs.retrieval import Retrieval
+from glacierfs.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_FUSE_WORKERS = 64   # pyfuse3 allows 99; every blocked read holds one
+API_THREADS = 12        # boto3 calls at once (downloads plus polling and listing)
+
+
+class MountError(Exception):
+    """A reason not to mount, shown to the user as one line."""
+
+
+def fuse_options(opts: MountOptions, source: str) -> set[str]:
+    """Kernel mount options. Never ``ro``: the kernel would refuse setxattr (restore)."""
+    result = {"fsname=" + source, "subtype=glacierfs", "default_permissions"}
+    if opts.allow_other:
+        result.add("allow_other")
+    return result
+
+
+async def _vault_list(opts: MountOptions, ns: Namespace,
+                      client: glacier.AsyncGlacier) -> list[tuple[str, str | None]] | None:
+    try:
+        listed = await client.list_vaults()
+    except glacier.AccessDenied as exc:
+        raise MountError(f"Glacier refused the credentials: {exc}") from None
+    except glacier.GlacierError as exc:
+        if ns.vaults():
+            log.warning("cannot list vaults (%s); using the stored list", exc)
+            return None
+        raise MountError(f"cannot reach Glacier at {opts.endpoint_url or opts.region}: "
+                         f"{exc}") from None
+    vaults = [(str(v["VaultName"]), v.get("VaultARN")) for v in listed]
+    if opts.vaults is not None:
+        known = {name for name, _ in vaults}
+        missing = [n for n in opts.vaults if n not in known]
+        if missing:
+            log.warning("vaults not found in the account: %s", ", ".join(missing))
+        vaults = [(n, a) for n, a in vaults if n in opts.vaults]
+    return vaults
+
+
+async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], None]) -> None:
+    store = Store(opts.state_dir)
+    ns = Namespace(store)
+    try:
+        client = glacier.GlacierClient(glacier.ClientSettings(
+            region=opts.region, account_id=opts.account_id, endpoint_url=opts.endpoint_url,
+            profile=opts.profile, max_connections=API_THREADS + 4))
+    except glacier.GlacierError as exc:
+        raise MountError(f"AWS credentials: {exc}") from None
+    aclient = glacier.AsyncGlacier(client, limit=API_THREADS)
+    cache = ChunkCache(opts.state_dir / "chunks", opts.cache_size)
+    try:
+        stored = ns.vaults()
+        if not stored:
+            vaults = await _vault_list(opts, ns, aclient)
+            if vaults is not None:
+                ns.set_vaults(vaults)
+        elif opts.vaults is not None:
+            ns.set_vaults([(v.name, v.arn) for v in stored if v.name in opts.vaults]
+                          + [(n, None) for n in opts.vaults if n not in {v.name for v in stored}])
+        retrieval = Retrieval(JobStore(store), aclient, cache, opts, ns)
+        async with trio.open_nursery() as nursery:
+            inventories = Inventories(ns, aclient, opts, nursery)
+            ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure)
+            source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
+            try:
+                pyfuse3.init(ops, str(mountpoint), fuse_options(opts, source))
+            except RuntimeError as exc:
+                raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
+            try:
+                log.info("mounted %s on %s (cache %s)", source, mountpoint, opts.state_dir)
+                ready()
+                nursery.start_soon(retrieval.run)
+                nursery.start_soon(_stop_on_signals)
+                if stored:
+                    nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
+                await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_WORKERS)
+                nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    pyfuse3.close(unmount=True)
+                log.info("unmounted %s", mountpoint)
+    finally:
+        cache.close()
+        store.close()
+
+
+async def _refresh_vault_list(opts: MountOptions, ns: Namespace,
+                              client: glacier.AsyncGlacier) -> None:
+    """A remount lists from the stored state at once; the vault list is refreshed behind."""
+    try:
+        vaults = await _vault_list(opts, ns, client)
+    except MountError as exc:
+        log.warning("vault list not refreshed: %s", exc)
+        return
+    if vaults is not None:
+        ns.set_vaults(vaults)
+
+
+async def _stop_on_signals() -> None:
+    """pyfuse3 installs no signal handlers: SIGTERM/SIGINT end the FUSE loop cleanly; a
+    second signal while stopping changes nothing (the state is already on disk)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()

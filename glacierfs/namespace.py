@@ -1,0 +1,359 @@
+"""The namespace: vaults, directories and files as stored in the state database.
+
+Owns the mapping inventory → tree: every archive row becomes a file (or, for a folder marker,
+a directory) under a name decoded from its description by ``names``. Inode numbers are
+AUTOINCREMENT ids bound to a stable key (the archive id for files, the path for directories),
+so they survive remounts and inventory refreshes, and are never reused.
+
+Reads (``lookup``, ``get``, ``children``) run inline on the trio thread. ``ingest_inventory``
+is blocking and runs in a worker thread on its own ``Store``; it replaces a vault's tree in
+one transaction, so a listing sees the old tree or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, UTC
+from typing import BinaryIO
+from collections.abc import Iterable, Iterator
+
+from glacierfs import inventory as inventory_mod
+from glacierfs import names
+from glacierfs.store import KIND_BY_ID, KIND_DIR, KIND_FILE, KIND_VAULT, ROOT_INODE, Store
+
+log = logging.getLogger(__name__)
+
+BY_ID_DIR = ".by-id"
+INGEST_BATCH = 5000  # rows per executemany: large enough to amortise, small enough for flat memory
+_ENTRY_COLUMNS = ("inode, parent, name, kind, vault, archive_id, size, mtime_ns, tree_hash, "
+                  "creation_date, description")
+
+
+@dataclass(frozen=True)
+class Entry:
+    inode: int
+    parent: int
+    name: str
+    kind: int
+    vault: str
+    archive_id: str | None
+    size: int
+    mtime_ns: int
+    tree_hash: str | None
+    creation_date: str | None
+    description: str | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind != KIND_FILE
+
+
+@dataclass(frozen=True)
+class VaultInfo:
+    name: str
+    arn: str | None
+    inode: int
+    inventory_date: str | None
+    inventory_job_id: str | None
+    inventory_status: str | None
+    inventory_message: str | None
+    inventory_loaded_at: float | None
+    number_of_archives: int | None
+    last_inventory_date: str | None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    archives: int
+    skipped_rows: int
+    truncated: bool
+    problems: tuple[str, ...]
+    inventory_date: str | None
+
+
+def _entry(row: tuple) -> Entry:  # type: ignore[type-arg]
+    return Entry(*row)
+
+
+def iso_to_ns(text: str | None) -> int:
+    if not text:
+        return 0
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000_000)
+
+
+class Namespace:
+    """Read side of the tree plus vault bookkeeping, on the trio thread's Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # --- vaults -------------------------------------------------------------------------
+    def set_vaults(self, vaults: Iterable[tuple[str, str | None]]) -> None:
+        """Make the root list exactly these vaults (name, ARN); trees of others are kept on
+        disk but hidden, so a vault filtered out by ``vaults=`` comes back instantly."""
+        wanted = dict(vaults)
+        with self.store.transaction() as db:
+            for name, arn in wanted.items():
+                db.execute("INSERT INTO vaults(name, arn) VALUES (?, ?) ON CONFLICT(name) DO "
+                           "UPDATE SET arn = COALESCE(excluded.arn, arn), present = 1",
+                           (name, arn))
+                _ensure_vault_entries(db, name)
+            for (name,) in db.execute("SELECT name FROM vaults").fetchall():
+                if name not in wanted:
+                    db.execute("UPDATE vaults SET present = 0 WHERE name = ?", (name,))
+                    db.execute("UPDATE entries SET parent = -inode WHERE key = ?",
+                               (f"v:{name}",))
+
+    def vaults(self) -> list[VaultInfo]:
+        rows = self.db.execute(
+            "SELECT v.name, v.arn, e.inode, v.inventory_date, v.inventory_job_id, "
+            "v.inventory_status, v.inventory_message, v.inventory_loaded_at, "
+            "v.number_of_archives, v.last_inventory_date FROM vaults v "
+            "JOIN entries e ON e.key = 'v:' || v.name WHERE v.present = 1 ORDER BY v.name"
+        ).fetchall()
+        return [VaultInfo(*r) for r in rows]
+
+    def vault(self, name: str) -> VaultInfo | None:
+        for info in self.vaults():
+            if info.name == name:
+                return info
+        return None
+
+    def update_vault(self, name: str, **fields: object) -> None:
+        if not fields:
+            return
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE vaults SET {cols} WHERE name = ?", (*fields.values(), name))
+
+    # --- tree reads ---------------------------------------------------------------------
+    def get(self, inode: int) -> Entry | None:
+        row = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE inode = ?",
+                              (inode,)).fetchone()
+        return _entry(row) if row else None
+
+    def lookup(self, parent: Entry, name: str) -> Entry | None:
+        if parent.kind == KIND_BY_ID:
+            row = self.db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE archive_id = ? AND vault = ? "
+                "AND kind = ?", (name, parent.vault, KIND_FILE)).fetchone()
+        else:
+            row = self.db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? AND name = ?",
+                (parent.inode, name)).fetchone()
+        return _entry(row) if row else None
+
+    def children(self, parent: Entry, after_inode: int, limit: int = 1000) -> list[Entry]:
+        """Entries of a directory with inode > ``after_inode``, in inode order: a readdir
+        position that stays valid while the directory changes."""
+        if parent.kind == KIND_BY_ID:
+            rows = self.db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE vault = ? AND kind = ? "
+                "AND inode > ? ORDER BY inode LIMIT ?",
+                (parent.vault, KIND_FILE, after_inode, limit)).fetchall()
+            return [_entry((*r[:2], r[5], *r[3:])) for r in rows]  # named by archive id
+        rows = self.db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? AND inode > ? "
+            "ORDER BY inode LIMIT ?", (parent.inode, after_inode, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def count_children(self, parent: Entry) -> int:
+        if parent.kind == KIND_BY_ID:
+            sql, args = "SELECT count(*) FROM entries WHERE vault = ? AND kind = ?", \
+                (parent.vault, KIND_FILE)
+        else:
+            sql, args = "SELECT count(*) FROM entries WHERE parent = ?", (parent.inode,)
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def files_under(self, entry: Entry) -> Iterator[Entry]:
+        """Every file at or below ``entry`` (for ``glacierfs restore -r``)."""
+        if entry.kind == KIND_FILE:
+            yield entry
+            return
+        stack = [entry]
+        while stack:
+            d = stack.pop()
+            after = 0
+            while True:
+                batch = self.children(d, after)
+                if not batch:
+                    break
+                after = batch[-1].inode
+                for child in batch:
+                    if child.kind == KIND_FILE:
+                        yield child
+                    elif child.kind == KIND_DIR:
+                        stack.append(child)
+
+    def path_of(self, entry: Entry) -> str:
+        """Path relative to the mount point, for status output and logs."""
+        parts: list[str] = []
+        cur: Entry | None = entry
+        while cur is not None and cur.inode != ROOT_INODE and len(parts) < 4096:
+            parts.append(cur.name)
+            cur = self.get(cur.parent) if cur.parent > 0 else None
+        return "/".join(reversed(parts))
+
+    def file_by_archive(self, archive_id: str) -> Entry | None:
+        row = self.db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE archive_id = ? AND kind = ?",
+            (archive_id, KIND_FILE)).fetchone()
+        return _entry(row) if row else None
+
+
+def _ensure_vault_entries(db: sqlite3.Connection, vault: str) -> int:
+    db.execute("INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name",
+               (f"v:{vault}", ROOT_INODE, vault, KIND_VAULT, vault))
+    vault_inode = db.execute("SELECT inode FROM entries WHERE key = ?",
+                             (f"v:{vault}",)).fetchone()[0]
+    db.execute("INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent",
+               (f"b:{vault}", vault_inode, BY_ID_DIR, KIND_BY_ID, vault))
+    return int(vault_inode)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive],
+                      dirs: set[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
+    for row in rows:
+        decoded = names.decode_description(row.description)
+        parts = decoded.parts
+        if decoded.is_folder:
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+            continue
+        if parts:
+            directory, name = "/".join(parts[:-1]), parts[-1]
+        else:
+            directory, name = "", names.archive_id_name(row.archive_id)
+        for i in range(1, len(parts)):
+            dirs.add("/".join(parts[:i]))
+        mtime = decoded.mtime or row.creation_date
+        created = row.creation_date.astimezone(UTC)
+        yield (row.archive_id, directory, name, row.size, int(mtime.timestamp() * 1e9),
+               row.tree_hash, created.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+               row.description)
+
+
+def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
+                     job_id: str | None = None) -> IngestResult:
+    """Replace ``vault``'s tree with the archives of an inventory document (blocking).
+
+    Duplicate archive ids keep the last row. Names: a directory keeps its name over a file;
+    among files of one name the newest archive keeps it, older ones get
+    ``names.duplicate_name``. Rows the parser rejects are counted, never fatal; a truncated
+    document still replaces the tree with what it held, and says so in the result.
+    """
+    report = inventory_mod.InventoryReport(vault_arn=None, inventory_date=None, rows_ok=0,
+                                           rows_skipped=0, problems=[], truncated=False)
+    db = store.db
+    dirs: set[str] = set()
+    with store.transaction():
+        vault_inode = _ensure_vault_entries(db, vault)
+        db.execute("DROP TABLE IF EXISTS temp.staged")
+        db.execute("CREATE TEMP TABLE staged (archive_id TEXT PRIMARY KEY, dir TEXT, name TEXT, "
+                   "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_date TEXT, "
+                   "description TEXT)")
+        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs)
+        insert = ("INSERT OR REPLACE INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        batch: list[tuple] = []  # type: ignore[type-arg]
+        for item in staged:
+            batch.append(item)
+            if len(batch) >= INGEST_BATCH:
+                db.executemany(insert, batch)
+                batch.clear()
+        if batch:
+            db.executemany(insert, batch)
+        db.execute("CREATE INDEX temp.staged_name ON staged(dir, name)")
+        _resolve_name_clashes(db, dirs)
+
+        # Park the vault's current entries out of the way of the unique (parent, name) index;
+        # whatever the new inventory does not bring back is deleted at the end.
+        db.execute("UPDATE entries SET parent = -inode WHERE vault = ? AND kind IN (?, ?)",
+                   (vault, KIND_DIR, KIND_FILE))
+        for path in sorted(dirs, key=lambda p: (p.count("/"), p)):
+            head, _, name = path.rpartition("/")
+            parent_key = f"d:{vault}/{head}" if head else None
+            db.execute(
+                "INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, "
+                "COALESCE((SELECT inode FROM entries WHERE key = ?), ?), ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name",
+                (f"d:{vault}/{path}", parent_key, vault_inode, name, KIND_DIR, vault))
+        db.execute(
+            "INSERT INTO entries(key, parent, name, kind, vault, archive_id, size, mtime_ns, "
+            "tree_hash, creation_date, description) "
+            "SELECT 'f:' || ? || '/' || s.archive_id, "
+            "CASE WHEN s.dir = '' THEN ? ELSE (SELECT inode FROM entries WHERE key = "
+            "'d:' || ? || '/' || s.dir) END, s.name, ?, ?, s.archive_id, s.size, s.mtime_ns, "
+            "s.tree_hash, s.creation_date, s.description FROM temp.staged s WHERE true "
+            "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+            "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
+            "creation_date = excluded.creation_date, description = excluded.description",
+            (vault, vault_inode, vault, KIND_FILE, vault))
+        db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
+                   (vault, KIND_DIR, KIND_FILE))
+        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
+        inv_date = report.inventory_date.strftime("%Y-%m-%dT%H:%M:%SZ") \
+            if report.inventory_date else None
+        message = None
+        if report.truncated:
+            message = "inventory document was truncated; showing the archives it held"
+        elif report.rows_skipped:
+            message = f"{report.rows_skipped} malformed inventory rows were skipped"
+        db.execute("INSERT INTO vaults(name) VALUES (?) ON CONFLICT(name) DO NOTHING", (vault,))
+        db.execute(
+            "UPDATE vaults SET inventory_date = ?, inventory_job_id = COALESCE(?, "
+            "inventory_job_id), inventory_status = 'Succeeded', inventory_message = ?, "
+            "inventory_loaded_at = strftime('%s','now'), number_of_archives = ?, "
+            "arn = COALESCE(arn, ?) WHERE name = ?",
+            (inv_date, job_id, message, count, report.vault_arn, vault))
+        db.execute("DROP TABLE temp.staged")
+    if report.problems:
+        log.warning("vault %s: inventory problems: %s", vault, "; ".join(report.problems[:5]))
+    return IngestResult(count, report.rows_skipped, report.truncated, tuple(report.problems),
+                        inv_date)
+
+
+def _resolve_name_clashes(db: sqlite3.Connection, dirs: set[str]) -> None:
+    """Give every staged file a name unique in its directory (deterministically)."""
+    db.execute("CREATE TEMP TABLE staged_dirs (path TEXT PRIMARY KEY)")
+    db.executemany("INSERT INTO temp.staged_dirs VALUES (?)", ((d,) for d in dirs))
+
+    def taken(directory: str, name: str) -> bool:
+        path = f"{directory}/{name}" if directory else name
+        return db.execute(
+            "SELECT EXISTS(SELECT 1 FROM temp.staged WHERE dir = ? AND name = ?) OR "
+            "EXISTS(SELECT 1 FROM temp.staged_dirs WHERE path = ?)",
+            (directory, name, path)).fetchone()[0] == 1
+
+    def rename(archive_id: str, directory: str, name: str) -> None:
+        new = names.duplicate_name(name, archive_id)
+        while taken(directory, new):
+            new = names.duplicate_name(new, archive_id)
+        db.execute("UPDATE temp.staged SET name = ? WHERE archive_id = ?", (new, archive_id))
+
+    # A file whose path is also a directory's: the directory keeps the name.
+    for archive_id, directory, name in db.execute(
+            "SELECT archive_id, dir, name FROM temp.staged WHERE "
+            "(CASE WHEN dir = '' THEN name ELSE dir || '/' || name END) IN "
+            "(SELECT path FROM temp.staged_dirs)").fetchall():
+        rename(archive_id, directory, name)
+    # Files sharing a name: the newest keeps it, the others move aside in a fixed order.
+    for directory, name in db.execute("SELECT dir, name FROM temp.staged GROUP BY dir, name "
+                                      "HAVING count(*) > 1").fetchall():
+        members = db.execute(
+            "SELECT archive_id FROM temp.staged WHERE dir = ? AND name = ? "
+            "ORDER BY creation_date DESC, archive_id", (directory, name)).fetchall()
+        for (archive_id,) in members[1:]:
+            rename(archive_id, directory, name)
+    db.execute("DROP TABLE temp.staged_dirs")

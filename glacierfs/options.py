@@ -1,0 +1,240 @@
+"""Mount options: ``-o a=b,c`` text in, a frozen ``MountOptions`` out, or one clear error.
+
+Pure module. ``mount.fuse3`` adds generic options of its own (``dev``, ``suid``, ``rw``…) and
+fstab lines carry more (``_netdev``, ``nofail``, ``x-systemd.*``); those are accepted and either
+used (``ro``, ``allow_other``) or ignored. Anything else that is not a glacierfs option is
+refused, so a typo never silently changes what a mount costs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+TIERS = ("Expedited", "Standard", "Bulk")
+RETRIEVE_MODES = ("auto", "manual")
+
+# Crawlers that read every file they see: their reads never start a paid retrieval by default.
+DEFAULT_RETRIEVE_IGNORE = (
+    "updatedb", "updatedb.mlocat", "plocate", "locate", "mlocate", "tracker-miner-f",
+    "tracker-extract", "tracker-miner-fs", "tracker-miner-fs-3", "tracker-extract-3",
+    "tumblerd", "baloo_file", "baloo_file_extr", "gnome-desktop-thumbnailer", "ffmpegthumbnailer",
+    "totem-video-thumbnailer", "evince-thumbnailer", "kded5", "kded6", "thumbnail.so",
+    "nautilus", "gvfsd-metadata", "zeitgeist-datahub", "clamd", "freshclam",
+)
+
+# Generic mount options: accepted, applied by the kernel or mount(8), otherwise meaningless here.
+GENERIC_IGNORED = frozenset({
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "rw", "auto", "noauto", "user", "users",
+    "nouser", "owner", "group", "defaults", "_netdev", "nofail", "atime", "noatime", "relatime",
+    "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "diratime",
+    "nodiratime", "async", "sync", "dirsync", "silent", "loud", "mand", "nomand", "iversion",
+    "noiversion", "comment", "x-gvfs-show", "x-gvfs-hide",
+})
+GENERIC_PREFIXES = ("x-systemd.", "x-gvfs-", "comment=", "x-mount.", "x-initrd.")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ACCOUNT_RE = re.compile(r"^(-|\d{12})$")
+
+
+class OptionError(ValueError):
+    """A bad mount line; the message is shown to the user as is."""
+
+
+def parse_size(text: str, name: str) -> int:
+    """``50G`` → bytes (binary multiples, as ``df -h`` users expect)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise OptionError(f"{name}={text}: expected a size such as 500M, 50G or 2T")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    power = "kmgtpe".find(unit) + 1 if unit else 0
+    return int(number * 1024 ** power)
+
+
+def parse_duration(text: str, name: str) -> float:
+    """``90``, ``90s``, ``15m``, ``4h``, ``1d`` → seconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise OptionError(f"{name}={text}: expected seconds or a duration such as 30s, 15m, 4h")
+    unit = (m.group(2) or "s").lower()
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    return float(m.group(1)) * scale
+
+
+def _parse_int(text: str, name: str, base: int = 10, minimum: int = 0) -> int:
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise OptionError(f"{name}={text}: expected a whole number") from None
+    if value < minimum:
+        raise OptionError(f"{name}={text}: must be at least {minimum}")
+    return value
+
+
+def default_cache_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/glacierfs")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "glacierfs"
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    region: str
+    account_id: str = "-"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    vaults: tuple[str, ...] | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_size: int = 10 * 1024 ** 3
+    tier: str = "Standard"
+    retrieve: str = "auto"
+    wait: float = 0.0
+    poll: float | None = None
+    max_jobs: int = 0            # 0: no limit on jobs in flight
+    budget: int | None = None    # bytes of retrievals started per rolling 24 h
+    inventory_refresh: float = 86400.0
+    expedited_fallback: bool = True
+    retrieve_ignore: tuple[str, ...] = DEFAULT_RETRIEVE_IGNORE
+    chunk_size: int = 16 * 1024 * 1024
+    downloads: int = 4           # chunks fetched at once
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int = 0o022
+    read_only: bool = False      # "ro" was given; the kernel mount stays rw so setxattr works
+    debug: bool = False
+    log: Path | None = None
+    foreground: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        """One folder per account and region: two mounts of different accounts never mix."""
+        return self.cache_dir / f"{self.account_id}@{self.region}"
+
+
+def parse_source(source: str) -> tuple[str | None, str]:
+    """``REGION`` or ``ACCOUNT_ID@REGION`` → (account or None, region)."""
+    account, _, region = source.rpartition("@")
+    if not _REGION_RE.match(region):
+        raise OptionError(f"{source}: the source must be a region such as us-east-1, "
+                          "or ACCOUNT_ID@REGION")
+    if account and not _ACCOUNT_RE.match(account):
+        raise OptionError(f"{source}: the account id must be 12 digits or '-'")
+    return (account or None), region
+
+
+def _bool_flag(value: str | None, name: str) -> bool:
+    if value is None or value.lower() in ("1", "yes", "true", "on"):
+        return True
+    if value.lower() in ("0", "no", "false", "off"):
+        return False
+    raise OptionError(f"{name}={value}: expected yes or no")
+
+
+def split_option_string(text: str) -> list[tuple[str, str | None]]:
+    """``a=1,b,c=x`` → [("a","1"),("b",None),("c","x")]; ``\\,`` escapes a comma."""
+    items: list[tuple[str, str | None]] = []
+    for raw in re.split(r"(?<!\\),", text):
+        raw = raw.replace("\\,", ",").strip()
+        if not raw:
+            continue
+        key, eq, value = raw.partition("=")
+        items.append((key.strip(), value if eq else None))
+    return items
+
+
+def parse_options(source: str, option_strings: list[str], foreground: bool = False) -> MountOptions:
+    """Build MountOptions from SOURCE and the ``-o`` strings; raises OptionError."""
+    account, region = parse_source(source)
+    values: dict[str, object] = {"region": region, "foreground": foreground}
+    if account:
+        values["account_id"] = account
+    for text in option_strings:
+        for key, value in split_option_string(text):
+            _apply(values, key, value)
+    return MountOptions(**values)  # type: ignore[arg-type]
+
+
+def _need(value: str | None, key: str) -> str:
+    if value is None or value == "":
+        raise OptionError(f"{key} needs a value ({key}=...)")
+    return value
+
+
+def _apply(values: dict[str, object], key: str, value: str | None) -> None:
+    if key in GENERIC_IGNORED or key.startswith(GENERIC_PREFIXES):
+        return
+    if key == "ro":
+        values["read_only"] = True
+        return
+    if key in ("endpoint_url", "profile"):
+        values[key] = _need(value, key)
+    elif key == "account_id":
+        v = _need(value, key)
+        if not _ACCOUNT_RE.match(v):
+            raise OptionError(f"account_id={v}: expected 12 digits or '-'")
+        values[key] = v
+    elif key == "vaults":
+        names = tuple(n for n in _need(value, key).split(":") if n)
+        if not names:
+            raise OptionError("vaults= needs at least one vault name (vaults=a:b)")
+        values[key] = names
+    elif key == "cache_dir":
+        values[key] = Path(_need(value, key)).expanduser().absolute()
+    elif key == "cache_size":
+        values[key] = parse_size(_need(value, key), key)
+    elif key == "tier":
+        v = _need(value, key).capitalize()
+        if v not in TIERS:
+            raise OptionError(f"tier={value}: expected one of {', '.join(TIERS)}")
+        values[key] = v
+    elif key == "retrieve":
+        v = _need(value, key).lower()
+        if v not in RETRIEVE_MODES:
+            raise OptionError(f"retrieve={value}: expected auto or manual")
+        values[key] = v
+    elif key in ("wait", "poll", "inventory_refresh"):
+        v = _need(value, key)
+        if key == "inventory_refresh" and v.lower() in ("off", "never", "no"):
+            values[key] = 0.0
+        else:
+            values[key] = parse_duration(v, key)
+    elif key == "max_jobs":
+        values[key] = _parse_int(_need(value, key), key)
+    elif key == "downloads":
+        values[key] = _parse_int(_need(value, key), key, minimum=1)
+    elif key == "budget":
+        v = _need(value, key)
+        values[key] = None if v.lower() in ("off", "none", "unlimited") else parse_size(v, key)
+    elif key == "chunk_size":
+        size = parse_size(_need(value, key), key)
+        mib = size // (1024 * 1024)
+        if size % (1024 * 1024) or mib < 1 or mib & (mib - 1):
+            raise OptionError(f"chunk_size={value}: must be a power-of-two number of MiB (1M, 2M, … 64M)")
+        values[key] = size
+    elif key == "expedited_fallback":
+        values[key] = _bool_flag(value, key)
+    elif key == "retrieve_ignore":
+        v = value or ""
+        values[key] = tuple(n for n in v.split(":") if n)
+    elif key in ("uid", "gid"):
+        values[key] = _parse_int(_need(value, key), key)
+    elif key == "umask":
+        values[key] = _parse_int(_need(value, key), key, base=8)
+    elif key in ("allow_other", "debug"):
+        values[key] = _bool_flag(value, key)
+    elif key == "log":
+        values[key] = Path(_need(value, key)).expanduser().absolute()
+    elif key in ("foreground", "f"):
+        values["foreground"] = True
+    else:
+        raise OptionError(f"unknown option '{key}' (see glacierfs --help for the options)")
+
+
+def with_overrides(opts: MountOptions, **changes: object) -> MountOptions:
+    return replace(opts, **changes)

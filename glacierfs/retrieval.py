@@ -1,0 +1,517 @@
+"""The retrieval lifecycle: one job per archive, reused, polled, downloaded, never paid twice.
+
+    absent ──read/restore──▶ Queued ──limits allow──▶ Initiating ──▶ InProgress
+                                                        (record saved       │ ListJobs says done
+                                                         before the call)   ▼
+      Failed ◀── job failed / bytes unverifiable ──────────────────────── Succeeded
+                                                      output expired (404) ──▶ Queued (new job)
+                                                      chunks downloaded + verified ──▶ cached
+
+Before starting a job it looks for a usable one in memory, then in the state store (both are
+``self.records``), then in the vault's ListJobs (a job started by another machine, or before a
+crash, is adopted). Completions are found by polling ListJobs once per vault per round, at an
+interval chosen by tier. ``max_jobs`` and ``budget`` hold requests as ``Queued``; they start in
+request order as room appears.
+
+Runs on the trio thread. The design note in the README describes the same machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, UTC
+from typing import Any
+
+import trio
+
+from glacierfs import glacier
+from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, NotCached
+from glacierfs.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
+from glacierfs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
+                                JobStore)
+from glacierfs.namespace import Entry
+from glacierfs.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+# Seconds between completion checks by tier when ``poll`` is not set, and the earliest a job
+# of that tier can be done (Glacier's documented ranges), so no call is wasted before then.
+POLL_INTERVAL = {"Expedited": 30.0, "Standard": 900.0, "Bulk": 1800.0}
+EARLIEST_DONE = {"Expedited": 60.0, "Standard": 3 * 3600.0, "Bulk": 5 * 3600.0}
+REMOTE_JOBS_FRESH = 60.0     # how long one ListJobs answer is trusted for job reuse
+OUTPUT_LIFETIME = 24 * 3600  # Glacier keeps job output at least this long after completion
+CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished job
+START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
+OUR_DESCRIPTION = "glacierfs"
+
+
+class RetrievalError(Exception):
+    """Base of what a read can fail with; the filesystem maps each to an errno."""
+
+
+class NotReady(RetrievalError):
+    """A retrieval is queued or running; try again later (EAGAIN)."""
+
+
+class NotRequested(RetrievalError):
+    """Not cached, and this read may not start a retrieval (ENODATA)."""
+
+
+class RetrievalFailed(RetrievalError):
+    """The job failed or its bytes could not be verified (EIO)."""
+
+
+class CacheFull(RetrievalError):
+    """The cache disk is full (ENOSPC)."""
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse_date(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class Retrieval(DownloadOutcome):
+    def __init__(self, jobstore: JobStore, client: glacier.AsyncGlacier, cache: ChunkCache,
+                 options: MountOptions, entries: ArchiveLookup) -> None:
+        self.jobs = jobstore
+        self.client = client
+        self.cache = cache
+        self.options = options
+        self.entries = entries
+        self.records: dict[str, JobRecord] = jobstore.load_all()
+        self.downloader = Downloader(client, cache, self, workers=options.downloads,
+                                     expected_root=self._expected_root)
+        self._archive_locks: dict[str, trio.Lock] = {}
+        self._vault_locks: dict[str, trio.Lock] = {}
+        self._remote_jobs: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._changed: dict[str, trio.Event] = {}
+        self._queue_wake = trio.Event()
+        self.unreachable_until = 0.0
+
+    # --- queries (for xattrs and status) --------------------------------------------------
+    def record(self, archive_id: str) -> JobRecord | None:
+        return self.records.get(archive_id)
+
+    def layout(self, entry: Entry) -> ArchiveLayout:
+        return ArchiveLayout(entry.archive_id or "", entry.size, self.options.chunk_size)
+
+    def queued(self) -> list[JobRecord]:
+        return sorted((r for r in self.records.values() if r.state == QUEUED),
+                      key=lambda r: r.requested_at)
+
+    # --- requests -----------------------------------------------------------------------
+    async def request(self, entry: Entry, tier: str | None = None,
+                      explicit: bool = False) -> JobRecord | None:
+        """Make sure the archive is (being) retrieved; returns its record, None if cached.
+
+        ``explicit`` (setxattr restore, ``glacierfs restore``) may replace a failed job; a
+        plain read reports the failure instead of paying again.
+        """
+        assert entry.archive_id
+        archive_id = entry.archive_id
+        layout = self.layout(entry)
+        if self.cache.state(layout) == "cached":
+            return None
+        async with self._lock_for(self._archive_locks, archive_id):
+            rec = self.records.get(archive_id)
+            if rec is not None and (rec.state != FAILED or not explicit):
+                if rec.state == SUCCEEDED and rec.job_id:
+                    self._schedule_download(rec, layout)
+                return rec
+            tier = tier or self.options.tier
+            adopted = await self._find_remote_job(entry)
+            if adopted is not None:
+                return adopted
+            rec = JobRecord(archive_id=archive_id, vault=entry.vault, state=QUEUED, tier=tier,
+                            size=entry.size, tree_hash=entry.tree_hash,
+                            requested_at=time.time())
+            self._save(rec)
+            if not any(r.state == QUEUED and r.requested_at < rec.requested_at
+                       for r in self.records.values()) and self._limits_allow(rec) is None:
+                await self._initiate(rec)
+            else:
+                rec.status_message = self._limits_allow(rec) or "waiting for earlier requests"
+                self._save(rec)
+                self._queue_wake.set()
+            return rec
+
+    def _limits_allow(self, rec: JobRecord) -> str | None:
+        """None when ``rec`` may start now, else the reason it waits (shown to users)."""
+        opts = self.options
+        if time.time() < self.unreachable_until:
+            return "the Glacier endpoint is unreachable; will retry"
+        if opts.max_jobs:
+            running = sum(1 for r in self.records.values() if r.state in (IN_PROGRESS, INITIATING))
+            if running >= opts.max_jobs:
+                return f"waiting: {running} of max_jobs={opts.max_jobs} jobs in flight"
+        if opts.budget is not None:
+            if rec.size > opts.budget:
+                return (f"archive is larger than the daily budget ({opts.budget} bytes); "
+                        "raise budget= to retrieve it")
+            spent = self.jobs.spent_in_window()
+            if spent + rec.size > opts.budget:
+                return f"waiting: daily budget used ({spent} of {opts.budget} bytes)"
+        return None
+
+    async def _initiate(self, rec: JobRecord) -> None:
+        rec.state = INITIATING
+        rec.initiated_at = time.time()
+        rec.status_message = None
+        self._save(rec)  # saved before the paid call: a crash now never leads to a second job
+        tier = rec.tier
+        while True:
+            try:
+                job_id = await self.client.initiate_archive_retrieval(
+                    rec.vault, rec.archive_id, tier, f"{OUR_DESCRIPTION} {rec.archive_id[:40]}")
+                break
+            except glacier.InsufficientCapacity:
+                if tier == "Expedited" and self.options.expedited_fallback:
+                    log.info("Expedited capacity unavailable for %s; using Standard",
+                             rec.archive_id[:16])
+                    tier = "Standard"
+                    continue
+                self._requeue(rec, "Expedited capacity unavailable; will retry")
+                return
+            except glacier.PolicyEnforced as exc:
+                self._fail(rec, f"refused by the account's data retrieval policy: {exc.message}")
+                return
+            except glacier.AccessDenied as exc:
+                self._fail(rec, f"access denied: {exc}")
+                return
+            except glacier.NotFound:
+                self._fail(rec, "Glacier does not know this archive (deleted since the inventory?)")
+                return
+            except (glacier.Unreachable, glacier.ServiceUnavailable, glacier.Throttled) as exc:
+                if isinstance(exc, glacier.Unreachable):
+                    self.unreachable_until = time.time() + START_RETRY
+                self._requeue(rec, f"could not start the job ({exc.code}); will retry")
+                return
+            except glacier.GlacierError as exc:
+                self._fail(rec, f"InitiateJob failed: {exc}")
+                return
+        rec.state = IN_PROGRESS
+        rec.job_id = job_id
+        rec.tier = tier
+        rec.creation_date = _utc_now_iso()
+        rec.status_message = None if tier == rec.tier else None
+        rec.next_poll = time.time() + self._first_poll_delay(tier)
+        self._save(rec)
+        self.jobs.record_spend(rec.archive_id, rec.size)
+        log.info("started %s retrieval job %s for archive %s (%d bytes)", tier, job_id[:16],
+                 rec.archive_id[:16], rec.size)
+        self._signal(rec.archive_id)
+
+    def _requeue(self, rec: JobRecord, message: str) -> None:
+        rec.state = QUEUED
+        rec.job_id = None
+        rec.status_message = message
+        rec.next_poll = time.time() + START_RETRY
+        self._save(rec)
+        self._signal(rec.archive_id)
+
+    def _fail(self, rec: JobRecord, message: str) -> None:
+        rec.state = FAILED
+        rec.status_message = message
+        self._save(rec)
+        log.warning("retrieval of archive %s failed: %s", rec.archive_id[:16], message)
+        self._signal(rec.archive_id)
+
+    async def _find_remote_job(self, entry: Entry) -> JobRecord | None:
+        """Adopt a usable job for this archive listed by Glacier (InProgress, or Succeeded
+        with output not yet expired)."""
+        try:
+            jobs = await self._vault_jobs(entry.vault)
+        except glacier.GlacierError as exc:
+            log.info("ListJobs for %s failed (%s); not looking for an existing job",
+                     entry.vault, exc)
+            return None
+        best: dict[str, Any] | None = None
+        for job in jobs:
+            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id:
+                continue
+            rng = job.get("RetrievalByteRange")
+            if rng and rng != f"0-{max(entry.size - 1, 0)}":
+                continue
+            status = job.get("StatusCode")
+            if status == "Failed":
+                continue
+            if status == "Succeeded":
+                done = _parse_date(job.get("CompletionDate"))
+                if done is None or datetime.now(UTC) - done > \
+                        timedelta(seconds=OUTPUT_LIFETIME - 3600):
+                    continue
+            if best is None or (job.get("CreationDate") or "") > (best.get("CreationDate") or ""):
+                best = job
+        if best is None:
+            return None
+        rec = JobRecord(archive_id=entry.archive_id or "", vault=entry.vault,
+                        state=str(best["StatusCode"]), tier=str(best.get("Tier") or "Standard"),
+                        size=entry.size, tree_hash=entry.tree_hash, requested_at=time.time(),
+                        job_id=str(best["JobId"]), creation_date=best.get("CreationDate"),
+                        completion_date=best.get("CompletionDate"),
+                        status_message="reusing an existing job", initiated_at=None,
+                        next_poll=time.time())
+        self._save(rec)
+        log.info("reusing job %s for archive %s", rec.job_id and rec.job_id[:16],
+                 rec.archive_id[:16])
+        if rec.state == SUCCEEDED:
+            self._schedule_download(rec, self.layout(entry))
+        return rec
+
+    async def _vault_jobs(self, vault: str, fresh: bool = False) -> list[dict[str, Any]]:
+        async with self._lock_for(self._vault_locks, vault):
+            cached = self._remote_jobs.get(vault)
+            if cached and not fresh and trio.current_time() - cached[0] < REMOTE_JOBS_FRESH:
+                return cached[1]
+            jobs = await self.client.list_jobs(vault)
+            self._remote_jobs[vault] = (trio.current_time(), jobs)
+            return jobs
+
+    # --- reading --------------------------------------------------------------------------
+    async def read(self, entry: Entry, offset: int, size: int, may_start: bool) -> bytes:
+        """Verified bytes of a file, from the cache; starts or joins a retrieval if needed.
+
+        Waits are bounded: ``wait`` seconds for a job to finish, CHUNK_WAIT for chunks of a
+        finished job, so a FUSE worker is never held for hours.
+        """
+        layout = self.layout(entry)
+        archive_id = layout.archive_id
+        deadline = trio.current_time() + self.options.wait
+        while True:
+            try:
+                return await trio.to_thread.run_sync(self.cache.read, layout, offset, size) \
+                    if size > 4 * 1024 * 1024 else self.cache.read(layout, offset, size)
+            except NotCached as exc:
+                missing = exc.missing
+            rec = self.records.get(archive_id)
+            if rec is None:
+                if not may_start:
+                    raise NotRequested("not cached; no retrieval was requested")
+                rec = await self.request(entry)
+                if rec is None:
+                    continue
+            if rec.state == FAILED:
+                raise RetrievalFailed(rec.status_message or "retrieval failed")
+            if rec.state == SUCCEEDED and rec.job_id:
+                self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, FOREGROUND)
+                await self._wait_chunks(archive_id, missing,
+                                        max(deadline, trio.current_time() + CHUNK_WAIT))
+                try:
+                    return self.cache.read(layout, offset, size)
+                except NotCached as exc:
+                    missing = exc.missing
+                for index in missing:
+                    error = self.downloader.take_error(archive_id, index)
+                    if isinstance(error, CacheFullError):
+                        raise CacheFull(str(error))
+                rec = self.records.get(archive_id)
+                if rec is not None and rec.state == FAILED:
+                    raise RetrievalFailed(rec.status_message or "retrieval failed")
+                raise NotReady("downloading")
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                raise NotReady(f"retrieval {rec.public_status}")
+            with trio.move_on_after(remaining):
+                await self._changed_event(archive_id).wait()
+
+    async def _wait_chunks(self, archive_id: str, indexes: list[int], deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            for index in indexes:
+                layout_has = self.downloader.waiter(archive_id, index)
+                await layout_has.wait()
+
+    # --- background: polling and the queue ---------------------------------------------
+    async def run(self) -> None:
+        """Background loops; returns only when cancelled."""
+        self._recover()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.downloader.run)
+            nursery.start_soon(self._poll_loop)
+            nursery.start_soon(self._queue_loop)
+
+    def _recover(self) -> None:
+        """After a restart: resume downloads; jobs caught mid-initiation are looked up."""
+        for rec in list(self.records.values()):
+            if rec.state == INITIATING:
+                rec.next_poll = time.time()
+            if rec.state == SUCCEEDED and rec.job_id:
+                entry = self.entries.file_by_archive(rec.archive_id)
+                if entry is not None and self.cache.missing_chunks(self.layout(entry)):
+                    self._schedule_download(rec, self.layout(entry))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            now = time.time()
+            due: set[str] = {r.vault for r in self.records.values()
+                             if r.state in (IN_PROGRESS, INITIATING) and (r.next_poll or 0) <= now}
+            for vault in sorted(due):
+                try:
+                    await self.poll_vault(vault)
+                except glacier.GlacierError as exc:
+                    log.info("polling %s failed: %s", vault, exc)
+                    for r in self.records.values():
+                        if r.vault == vault and r.state in (IN_PROGRESS, INITIATING):
+                            r.next_poll = now + min(self._interval(r.tier), START_RETRY)
+            await trio.sleep(1)
+
+    async def poll_vault(self, vault: str) -> None:
+        """One ListJobs round for a vault: every job of ours there is brought up to date."""
+        jobs = {j["JobId"]: j for j in await self._vault_jobs(vault, fresh=True)}
+        by_archive: dict[str, list[dict[str, Any]]] = {}
+        for job in jobs.values():
+            if job.get("Action") == "ArchiveRetrieval":
+                by_archive.setdefault(str(job.get("ArchiveId")), []).append(job)
+        now = time.time()
+        for rec in [r for r in self.records.values() if r.vault == vault]:
+            if rec.state == INITIATING:
+                self._resolve_initiating(rec, by_archive.get(rec.archive_id, []))
+                continue
+            if rec.state != IN_PROGRESS or not rec.job_id:
+                continue
+            job = jobs.get(rec.job_id)
+            if job is None:
+                rec.next_poll = now + self._interval(rec.tier)
+                self._save(rec)
+                continue
+            status = job.get("StatusCode")
+            if status == "Succeeded":
+                rec.state = SUCCEEDED
+                rec.completion_date = job.get("CompletionDate")
+                rec.status_message = job.get("StatusMessage")
+                self._save(rec)
+                log.info("job %s for archive %s succeeded", rec.job_id[:16], rec.archive_id[:16])
+                entry = self.entries.file_by_archive(rec.archive_id)
+                if entry is not None:
+                    self._schedule_download(rec, self.layout(entry))
+                self._signal(rec.archive_id)
+                self._queue_wake.set()
+            elif status == "Failed":
+                rec.completion_date = job.get("CompletionDate")
+                self._fail(rec, f"Glacier: {job.get('StatusMessage') or 'job failed'}")
+                self._queue_wake.set()
+            else:
+                rec.next_poll = now + self._interval(rec.tier)
+                self._save(rec)
+
+    def _resolve_initiating(self, rec: JobRecord, candidates: list[dict[str, Any]]) -> None:
+        """A record left in Initiating by a crash: adopt the job if Glacier has one."""
+        since = datetime.fromtimestamp((rec.initiated_at or 0) - 600, UTC)
+        for job in sorted(candidates, key=lambda j: j.get("CreationDate") or "", reverse=True):
+            created = _parse_date(job.get("CreationDate"))
+            if created is not None and created >= since and job.get("StatusCode") != "Failed":
+                rec.state = str(job["StatusCode"])
+                rec.job_id = str(job["JobId"])
+                rec.creation_date = job.get("CreationDate")
+                rec.completion_date = job.get("CompletionDate")
+                rec.next_poll = time.time() + self._interval(rec.tier)
+                self._save(rec)
+                log.info("found job %s started before a restart", rec.job_id[:16])
+                if rec.state == SUCCEEDED:
+                    entry = self.entries.file_by_archive(rec.archive_id)
+                    if entry is not None:
+                        self._schedule_download(rec, self.layout(entry))
+                return
+        self._requeue(rec, "the job may not have started before a restart; starting it")
+        rec.next_poll = 0
+        self._queue_wake.set()
+
+    async def _queue_loop(self) -> None:
+        while True:
+            with trio.move_on_after(5):
+                await self._queue_wake.wait()
+            self._queue_wake = trio.Event()
+            for rec in self.queued():
+                if (rec.next_poll or 0) > time.time():
+                    continue
+                reason = self._limits_allow(rec)
+                if reason is not None:
+                    if rec.status_message != reason:
+                        rec.status_message = reason
+                        self._save(rec)
+                    if "larger than the daily budget" in reason:
+                        continue
+                    break  # keep request order: nothing younger jumps the queue
+                await self._initiate(rec)
+
+    # --- download outcomes ------------------------------------------------------------------
+    def _schedule_download(self, rec: JobRecord, layout: ArchiveLayout) -> None:
+        missing = self.cache.missing_chunks(layout)
+        if missing and rec.job_id:
+            self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, BACKGROUND)
+
+    async def output_expired(self, archive_id: str) -> None:
+        rec = self.records.get(archive_id)
+        self.downloader.cancel_archive(archive_id)
+        if rec is None or rec.state != SUCCEEDED:
+            return
+        log.info("job output for archive %s expired; requesting a new job", archive_id[:16])
+        rec.state = QUEUED
+        rec.job_id = None
+        rec.requested_at = time.time()
+        rec.status_message = "the previous job's output expired; a new job was requested " \
+                             "(verified chunks kept)"
+        self._save(rec)
+        self._queue_wake.set()
+        self._signal(archive_id)
+
+    async def archive_failed(self, archive_id: str, reason: str) -> None:
+        self.downloader.cancel_archive(archive_id)
+        rec = self.records.get(archive_id)
+        if rec is not None:
+            self._fail(rec, reason)
+
+    async def archive_complete(self, archive_id: str) -> None:
+        rec = self.records.get(archive_id)
+        if rec is not None:
+            rec.status_message = "downloaded and verified"
+            self._save(rec)
+        log.info("archive %s is cached and verified", archive_id[:16])
+        self._signal(archive_id)
+
+    def _expected_root(self, archive_id: str) -> str | None:
+        rec = self.records.get(archive_id)
+        return rec.tree_hash if rec else None
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _interval(self, tier: str) -> float:
+        return self.options.poll if self.options.poll else POLL_INTERVAL.get(tier, 900.0)
+
+    def _first_poll_delay(self, tier: str) -> float:
+        return self.options.poll if self.options.poll else EARLIEST_DONE.get(tier, 3600.0)
+
+    def _save(self, rec: JobRecord) -> None:
+        self.records[rec.archive_id] = rec
+        self.jobs.save(rec)
+
+    def _signal(self, archive_id: str) -> None:
+        event = self._changed.pop(archive_id, None)
+        if event is not None:
+            event.set()
+
+    def _changed_event(self, archive_id: str) -> trio.Event:
+        event = self._changed.get(archive_id)
+        if event is None:
+            event = self._changed[archive_id] = trio.Event()
+        return event
+
+    @staticmethod
+    def _lock_for(locks: dict[str, trio.Lock], key: str) -> trio.Lock:
+        lock = locks.get(key)
+        if lock is None:
+            lock = locks[key] = trio.Lock()
+        return lock
+
+
+class ArchiveLookup:
+    """What the retrieval side needs from the namespace (an interface; Namespace fits it)."""
+
+    def file_by_archive(self, archive_id: str) -> Entry | None: ...

@@ -1,0 +1,80 @@
+"""The status document the daemon publishes (root xattr ``user.glacier.status``) and
+``glacierfs status`` renders: vaults, jobs, downloads, cache, limits. Plain data, no I/O."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from glacierfs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
+
+if TYPE_CHECKING:
+    from glacierfs.namespace import Namespace
+    from glacierfs.options import MountOptions
+    from glacierfs.retrieval import Retrieval
+
+# Typical completion time by tier (the middle of Glacier's documented range), for estimates.
+TYPICAL_DURATION = {"Expedited": 3 * 60, "Standard": 4 * 3600, "Bulk": 8 * 3600}
+_ORDER = {INITIATING: 0, IN_PROGRESS: 1, QUEUED: 2, SUCCEEDED: 3, FAILED: 4}
+
+
+def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
+                    max_jobs: int = 200) -> dict[str, Any]:
+    now = time.time()
+    vaults = [{
+        "name": v.name,
+        "archives": v.number_of_archives,
+        "inventory_date": v.inventory_date,
+        "inventory_status": v.inventory_status or "None",
+        "inventory_message": v.inventory_message,
+    } for v in ns.vaults()]
+    records = sorted(retrieval.records.values(),
+                     key=lambda r: (_ORDER.get(r.state, 9), r.requested_at))
+    jobs = []
+    counts: dict[str, int] = {}
+    for rec in records:
+        entry = ns.file_by_archive(rec.archive_id)
+        layout = retrieval.layout(entry) if entry else None
+        cached = retrieval.cache.cached_bytes(layout) if layout else 0
+        state = retrieval.cache.state(layout) if layout else "absent"
+        if state == "cached" and rec.state == SUCCEEDED:
+            counts["cached"] = counts.get("cached", 0) + 1
+            continue
+        counts[rec.public_status] = counts.get(rec.public_status, 0) + 1
+        if len(jobs) >= max_jobs:
+            continue
+        started = rec.initiated_at or rec.requested_at
+        expected = None
+        if rec.state in (IN_PROGRESS, INITIATING):
+            expected = started + TYPICAL_DURATION.get(rec.tier, 4 * 3600)
+        jobs.append({
+            "path": ns.path_of(entry) if entry else None,
+            "archive_id": rec.archive_id,
+            "vault": rec.vault,
+            "status": rec.public_status,
+            "tier": rec.tier,
+            "job_id": rec.job_id,
+            "age": round(now - rec.requested_at),
+            "expected_completion": expected,
+            "message": rec.status_message,
+            "size": rec.size,
+            "cached_bytes": cached,
+            "downloading": retrieval.downloader.is_downloading(rec.archive_id),
+        })
+    cache = retrieval.cache
+    return {
+        "time": now,
+        "vaults": vaults,
+        "jobs": jobs,
+        "job_counts": counts,
+        "cache": {"used": cache.volume(), "limit": cache.size_limit},
+        "limits": {
+            "max_jobs": options.max_jobs,
+            "budget": options.budget,
+            "budget_used": retrieval.jobs.spent_in_window(),
+            "tier": options.tier,
+            "retrieve": options.retrieve,
+        },
+        "downloads": dict(retrieval.downloader.stats),
+        "api_calls": dict(retrieval.client.client.calls),
+    }

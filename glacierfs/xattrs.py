@@ -1,0 +1,77 @@
+"""Extended attribute values: what ``getfattr -d -m user.glacier`` shows (the contract).
+
+Pure functions of an entry and the retrieval state; all values are UTF-8 text. Job
+attributes are absent when there is no job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from glacierfs.namespace import Entry, VaultInfo
+
+if TYPE_CHECKING:
+    from glacierfs.namespace import Namespace
+    from glacierfs.options import MountOptions
+    from glacierfs.retrieval import Retrieval
+
+PREFIX = "user.glacier."
+STATUS_XATTR = "user.glacier.status"   # on the mount root: JSON for ``glacierfs status``
+MAX_STATUS_JOBS = 200                    # keeps the JSON well under the 64 KiB xattr limit
+
+
+def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
+    values = {
+        "user.glacier.vault": entry.vault,
+        "user.glacier.archive_id": entry.archive_id or "",
+        "user.glacier.size": str(entry.size),
+        "user.glacier.tree_hash": entry.tree_hash or "",
+        "user.glacier.creation_date": entry.creation_date or "",
+        "user.glacier.description": entry.description or "",
+    }
+    layout = retrieval.layout(entry)
+    values["user.glacier.cache"] = retrieval.cache.state(layout)
+    values["user.glacier.cache.bytes"] = str(retrieval.cache.cached_bytes(layout))
+    rec = retrieval.record(entry.archive_id or "")
+    if rec is not None:
+        values["user.glacier.job.status"] = rec.public_status
+        values["user.glacier.job.tier"] = rec.tier
+        if rec.job_id:
+            values["user.glacier.job.id"] = rec.job_id
+        if rec.status_message:
+            values["user.glacier.job.status_message"] = rec.status_message
+        if rec.creation_date:
+            values["user.glacier.job.creation_date"] = rec.creation_date
+        if rec.completion_date:
+            values["user.glacier.job.completion_date"] = rec.completion_date
+    return values
+
+
+def vault_attributes(info: VaultInfo) -> dict[str, str]:
+    values = {"user.glacier.vault_arn": info.arn or ""}
+    if info.inventory_date:
+        values["user.glacier.inventory.date"] = info.inventory_date
+    if info.inventory_job_id:
+        values["user.glacier.inventory.job.id"] = info.inventory_job_id
+    values["user.glacier.inventory.job.status"] = _inventory_status(info)
+    if info.inventory_message:
+        values["user.glacier.inventory.message"] = info.inventory_message
+    if info.number_of_archives is not None:
+        values["user.glacier.number_of_archives"] = str(info.number_of_archives)
+    return values
+
+
+def _inventory_status(info: VaultInfo) -> str:
+    if info.inventory_status in ("InProgress", "Succeeded", "Failed"):
+        return info.inventory_status
+    if info.inventory_status == "Ingesting":
+        return "Succeeded"
+    return "None"
+
+
+def root_attributes(ns: Namespace, retrieval: Retrieval,
+                    options: MountOptions) -> dict[str, str]:
+    from glacierfs.status import status_document
+    doc = status_document(ns, retrieval, options, max_jobs=MAX_STATUS_JOBS)
+    return {STATUS_XATTR: json.dumps(doc, separators=(",", ":"))}
