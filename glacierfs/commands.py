@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 STATUS_XATTR = "user.glacier.status"
 BY_ID_DIR = ".by-id"
