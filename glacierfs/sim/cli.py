@@ -1,5 +1,168 @@
-"""Placeholder: the emulator's command line (``glacierfs sim``) is being built."""
+"""``glacierfs sim``: run the Glacier emulator.
+
+The first line on stdout is ``listening on http://HOST:PORT`` (flushed at once) so a test or
+script starting it with ``--port 0`` learns the port; everything else goes to the log (stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from glacierfs.sim.config import (DEFAULT_ACCOUNT_ID, DEFAULT_JOB_TTL, DEFAULT_REGION, DELAY_KEYS,
+                                  PRESETS, SimConfig)
+from glacierfs.sim.context import Sim
+from glacierfs.sim.faults import parse_spec
+from glacierfs.sim.server import SimServer
+from glacierfs.sim.store import Store
+
+log = logging.getLogger("glacierfs.sim")
+
+DESCRIPTION = """\
+Run an Amazon S3 Glacier (vault API) emulator on loopback. It speaks the documented REST API, so
+unmodified boto3 and the AWS CLI work against it (--endpoint-url http://127.0.0.1:PORT, any
+credentials). State (vaults, archives, uploads, jobs) persists in --data-dir.
+
+Jobs finish after a per-tier delay of emulated time. A control endpoint under /_sim/ on the same
+port lets tests read request counts, inject faults, change delays, finish/fail/expire jobs, move
+the emulated clock and synthesize archives (see glacierfs/sim/control.py).
+"""
+
+EPILOG = """\
+fault SPEC: OPERATION:FAULT[:PROBABILITY[:COUNT[:DELAY]]]
+  OPERATION  a Glacier API name (UploadArchive, InitiateJob, DescribeJob, ListJobs,
+             GetJobOutput, ListVaults, DescribeVault, ...) or '*'
+  FAULT      throttle (400 ThrottlingException), error500 / error503 (ServiceUnavailable),
+             drop (connection closed mid-body), corrupt (GetJobOutput bytes flipped, header keeps
+             the true tree hash), slow (wait DELAY seconds, default 1), insufficient_capacity
+             (InitiateJob, Expedited only), policy (InitiateJob: PolicyEnforcedException),
+             job_failed (InitiateJob: the archive-retrieval job ends Failed), expire
+             (GetJobOutput: the job's output counts as expired, 404)
+  PROBABILITY 0..1 (default 1); COUNT: fire at most COUNT times (default unlimited)
+  example: --fault GetJobOutput:corrupt:0.5:3 --seed 7
+
+inventory modes:
+  live   an inventory job lists the vault as it is when the job completes (any vault, even
+         empty or new); DescribeVault's LastInventoryDate is the last upload or deletion.
+  daily  like Glacier: a snapshot at each emulated midnight (UTC) after the vault changed; a job
+         returns the latest one. Before the first snapshot InitiateJob for an inventory answers
+         404 ResourceNotFoundException. Move time with POST /_sim/clock {"advance": 86400}.
+"""
+
+
+def _delay(text: str) -> tuple[str, float]:
+    tier, sep, seconds = text.partition("=")
+    if not sep or tier not in DELAY_KEYS:
+        raise argparse.ArgumentTypeError(
+            f"want TIER=SECONDS with TIER one of {', '.join(DELAY_KEYS)}: {text!r}")
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {seconds!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("delays must be >= 0")
+    return tier, value
+
+
+def _fault(text: str):
+    try:
+        return parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _loopback(host: str) -> str:
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise argparse.ArgumentTypeError(f"cannot resolve {host!r}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise argparse.ArgumentTypeError(f"{host!r} is not a loopback address; the emulator "
+                                         "has no authentication and only listens on loopback")
+    return host
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glacierfs sim", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=0,
+                   help="TCP port to listen on; 0 (default) picks a free one")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help="directory holding the state (created if missing)")
+    p.add_argument("--host", type=_loopback, default="127.0.0.1",
+                   help="loopback address to bind (default 127.0.0.1)")
+    p.add_argument("--region", default=DEFAULT_REGION,
+                   help=f"region used in ARNs (default {DEFAULT_REGION})")
+    p.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID,
+                   help="the account: requests may use '-' or this id, any other id gets 403 "
+                        f"AccessDeniedException (default {DEFAULT_ACCOUNT_ID})")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="test",
+                   help="job delays: 'test' (default: Expedited 1 s, Standard 3 s, Bulk 6 s, "
+                        "inventory 2 s) or 'realistic' (Expedited 3 min, Standard 4 h, Bulk 8 h, "
+                        "inventory 4 h)")
+    p.add_argument("--delay", type=_delay, action="append", default=[], metavar="TIER=SECONDS",
+                   help="override one delay (TIER: Expedited, Standard, Bulk or inventory); "
+                        "repeatable; applied after --preset")
+    p.add_argument("--job-ttl", type=float, default=DEFAULT_JOB_TTL, metavar="SECONDS",
+                   help="job output expires this long after completion; then GetJobOutput "
+                        "answers 404 (default 86400)")
+    p.add_argument("--inventory-mode", choices=("live", "daily"), default="live",
+                   help="live (default): inventories reflect the vault at job completion; "
+                        "daily: daily snapshots as Glacier makes them (see below)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for fault injection draws (same seed, same requests, same faults)")
+    p.add_argument("--fault", type=_fault, action="append", default=[], metavar="SPEC",
+                   help="inject a fault (repeatable; see below)")
+    p.add_argument("--access-key-id", default=None,
+                   help="if given, requests signed with another access key id get 403 "
+                        "UnrecognizedClientException (signatures themselves are not checked)")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("--verbose", action="store_true", help="log every HTTP exchange")
+    return p
 
 
 def main(argv: list[str]) -> int:
-    raise SystemExit("glacierfs sim: not built yet")
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    delays = dict(PRESETS[args.preset])
+    delays.update(dict(args.delay))
+    config = SimConfig(region=args.region, account_id=args.account_id, job_ttl=args.job_ttl,
+                       inventory_mode=args.inventory_mode, access_key_id=args.access_key_id,
+                       delays=delays)
+    try:
+        store = Store(args.data_dir)
+    except OSError as exc:
+        print(f"glacierfs sim: cannot use data dir {args.data_dir}: {exc}", file=sys.stderr)
+        return 2
+    sim = Sim.open(store, config, seed=args.seed)
+    for rule in args.fault:
+        sim.faults.append(rule)
+    try:
+        server = SimServer((args.host, args.port), sim)
+    except OSError as exc:
+        print(f"glacierfs sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        store.close()
+        return 2
+    host, port = server.server_address[:2]
+    print(f"listening on http://{host}:{port}", flush=True)
+    log.info("data dir %s, delays %s, inventory %s", args.data_dir, delays, args.inventory_mode)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        server.server_close()
+        store.close()
+    return 0
