@@ -22,12 +22,15 @@ Keys: ``"<len(archive_id)>:<archive_id>/<chunk_size>/<index>"``. The length pref
 archive's prefix unambiguous whatever its id contains, and the chunk size in the key keeps the
 chunk grids of one archive apart if the chunk size ever changes.
 
-Read path: a read does no SQLite write. Chunk files stay open in a small LRU of handles and are
-read with ``os.pread``; a chunk's LRU access time in the index is refreshed (one diskcache
-``get``) at most once per ``TOUCH_INTERVAL`` per chunk, which also notices chunks removed
-behind our back. A chunk evicted by this process loses its handle at once, so it reads as
-``NotCached``; a handle opened just before another thread's eviction may serve the old (verified)
-bytes until its next refresh, which is harmless: Linux keeps an unlinked file readable.
+Read path: a read does no SQLite write (diskcache's LRU ``get`` would run a write transaction
+per call). Chunk files stay open in a small LRU of handles and are read with ``os.pread``; each
+read just stamps its handle with the time. Those stamps are written to the index's
+``access_time`` in one transaction right before every eviction decision (and at close), so
+eviction still sees true recency. An open handle is re-checked against the index at most once
+per ``RECHECK_INTERVAL``, which notices chunks removed behind our back (another process, a hand
+``rm``). A chunk evicted by this process loses its handle at once, so it reads as ``NotCached``;
+a handle opened just before another thread's eviction may serve the old (verified) bytes until
+its next re-check, which is harmless: Linux keeps an unlinked file readable.
 
 Threading: every method may be called from any thread (the trio thread and worker threads) at
 the same time. diskcache keeps one SQLite connection per thread. ``_lock`` guards the handle
@@ -59,10 +62,10 @@ from glacierfs.treehash import MIB, is_power_of_two
 
 log = logging.getLogger(__name__)
 
-# How long a chunk's open handle is trusted before the index is asked again: bounds both the
-# SQLite writes the LRU bookkeeping costs (one per chunk per interval, not one per read) and
-# how long a chunk removed by someone else can still be served from an open handle.
-TOUCH_INTERVAL = 10.0
+# How long a chunk's open handle is trusted before the index is asked again (one read-only
+# SELECT): bounds how long a chunk removed outside this process is still served from an open
+# handle, at a cost far below one query per read.
+RECHECK_INTERVAL = 10.0
 # Open chunk files kept for reading. Readers are sequential or random within a few files;
 # 64 descriptors cover that with room to spare and stay far below any fd limit.
 HANDLE_CACHE_SIZE = 64
@@ -75,6 +78,8 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # pointing at a file whose blocks never reached the disk.
 FSYNC_CHUNKS = True
 DIR_MODE = 0o700
+# Opening a chunk races with its replacement or eviction (query, then open): retry a little.
+OPEN_ATTEMPTS = 3
 # Creating a value file races with diskcache pruning emptied subdirectories; a few retries win.
 CREATE_ATTEMPTS = 10
 FILE_MODE = 0o600
@@ -238,12 +243,15 @@ class _ChunkDisk(diskcache.Disk):
 class _Handle:
     """An open chunk file, shared by readers; closed when retired and no reader holds it."""
 
-    __slots__ = ("file", "fd", "checked_at", "users", "retired")
+    __slots__ = ("key", "file", "fd", "checked_at", "used_at", "flushed_at", "users", "retired")
 
-    def __init__(self, file: BinaryIO, checked_at: float) -> None:
+    def __init__(self, key: str, file: BinaryIO, now: float) -> None:
+        self.key = key
         self.file = file
         self.fd = file.fileno()
-        self.checked_at = checked_at
+        self.checked_at = now  # last time the index confirmed this chunk
+        self.used_at = now  # last read (wall clock, as diskcache's access_time)
+        self.flushed_at = 0.0  # used_at last written to the index
         self.users = 0
         self.retired = False
 
@@ -255,6 +263,7 @@ class ChunkCache:
         if size_limit <= 0:
             raise ValueError(f"size limit must be positive, got {size_limit}")
         self._dir = Path(directory)
+        self._dir_str = str(self._dir)  # joined as a str on the open path: pathlib costs µs
         self._prepare_directory()
         self._size_limit = size_limit
         self._cache = diskcache.Cache(
@@ -271,6 +280,7 @@ class ChunkCache:
         self._chmod_db_files()
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, _Handle] = OrderedDict()
+        self._touched: dict[str, float] = {}  # read times of retired handles, not yet flushed
         self._room_lock = threading.Lock()
         self._reserved = 0
         self._sweep_orphans()
@@ -423,6 +433,8 @@ class ChunkCache:
         index left) cannot take them.
         """
         evicted = 0
+        if self._cache.volume() + self._reserved + incoming > self._size_limit:
+            self._flush_touches()
         while self._cache.volume() + self._reserved + incoming > self._size_limit:
             rows = self._query(
                 "SELECT key FROM Cache WHERE key != ? ORDER BY access_time LIMIT 1", (keep or "",)
@@ -504,10 +516,49 @@ class ChunkCache:
 
         Raises NotCached with every missing chunk index if any chunk the range needs is absent.
         """
-        chunks = layout.chunks_for(offset, length)
-        if not chunks:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        end = offset + length
+        if end > layout.size:
+            end = layout.size
+        if end <= offset:
             return b""
-        end = min(offset + length, layout.size)
+        chunk_size = layout.chunk_size
+        index = offset // chunk_size
+        if (end - 1) // chunk_size != index:
+            return self._read_span(layout, offset, end)
+        # Fast path, the common case (a 128 KiB-1 MiB request inside one chunk): written out
+        # inline because per-call overhead is what separates us from a bare pread.
+        aid = layout.archive_id
+        key = f"{len(aid)}:{aid}/{chunk_size}/{index}"
+        lock = self._lock
+        now = time.time()
+        with lock:
+            handle = self._handles.get(key)
+            if handle is not None and 0 <= now - handle.checked_at < RECHECK_INTERVAL:
+                self._handles.move_to_end(key)
+                handle.users += 1
+                handle.used_at = now
+            else:
+                handle = None
+        if handle is None:
+            handle = self._open(layout, index, key)
+            if handle is None:
+                raise NotCached([index], aid)
+        try:
+            data = os.pread(handle.fd, end - offset, offset - index * chunk_size)
+        finally:
+            with lock:
+                handle.users -= 1
+                if handle.retired and handle.users == 0:
+                    handle.file.close()
+        if len(data) != end - offset:
+            self._truncated(layout, index)
+        return data
+
+    def _read_span(self, layout: ArchiveLayout, offset: int, end: int) -> bytes:
+        """A read crossing chunk boundaries: every chunk held open before any byte is read."""
+        chunks = range(offset // layout.chunk_size, (end - 1) // layout.chunk_size + 1)
         handles: list[_Handle] = []
         missing: list[int] = []
         try:
@@ -519,12 +570,6 @@ class ChunkCache:
                     handles.append(handle)
             if missing:
                 raise NotCached(missing, layout.archive_id)
-            if len(handles) == 1:
-                start = offset - chunks.start * layout.chunk_size
-                data = os.pread(handles[0].fd, end - offset, start)
-                if len(data) != end - offset:
-                    self._truncated(layout, chunks.start)
-                return data
             parts = []
             for index, handle in zip(chunks, handles, strict=True):
                 c_start, c_end = layout.chunk_range(index)
@@ -550,17 +595,33 @@ class ChunkCache:
     def _acquire(self, layout: ArchiveLayout, index: int) -> _Handle | None:
         """An open handle on chunk ``index`` with one use counted, or None if not cached."""
         key = _chunk_key(layout, index)
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             handle = self._handles.get(key)
-            if handle is not None and now - handle.checked_at < TOUCH_INTERVAL:
+            if handle is not None and 0 <= now - handle.checked_at < RECHECK_INTERVAL:
                 self._handles.move_to_end(key)
                 handle.users += 1
+                handle.used_at = now
                 return handle
-        # Open, or re-check and refresh the LRU access time: one SQLite write, outside our lock.
-        file = self._cache.get(key, read=True, retry=True)
-        if file is not None and not hasattr(file, "fileno"):
-            file = None  # not a chunk file (never written by us)
+        return self._open(layout, index, key)
+
+    def _open(self, layout: ArchiveLayout, index: int, key: str) -> _Handle | None:
+        """Open chunk ``index``, or re-check a handle that is due, with one read-only query.
+
+        Returns the handle with one use counted, or None if the chunk is not cached.
+        """
+        now = time.time()
+        file = None
+        for _ in range(OPEN_ATTEMPTS):
+            rows = self._query("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,))
+            if not rows or rows[0][0] is None:
+                break
+            try:
+                # Stays open as the handle; closed when retired and unused.
+                file = open(os.path.join(self._dir_str, rows[0][0]), "rb", buffering=0)  # noqa: SIM115
+                break
+            except FileNotFoundError:
+                continue  # replaced or evicted between the query and the open: ask again
         if file is not None and os.fstat(file.fileno()).st_size != layout.chunk_length(index):
             file.close()
             self._truncated_quietly(layout, index)
@@ -571,7 +632,7 @@ class ChunkCache:
                 self._retire_locked(old)
             if file is None:
                 return None
-            handle = _Handle(file, now)
+            handle = _Handle(key, file, now)
             handle.users = 1
             self._handles[key] = handle
             while len(self._handles) > HANDLE_CACHE_SIZE:
@@ -591,6 +652,8 @@ class ChunkCache:
                     handle.file.close()
 
     def _retire_locked(self, handle: _Handle) -> None:
+        if handle.used_at > handle.flushed_at:
+            self._touched[handle.key] = max(handle.used_at, self._touched.get(handle.key, 0.0))
         handle.retired = True
         if handle.users == 0:
             handle.file.close()
@@ -601,11 +664,30 @@ class ChunkCache:
             if handle is not None:
                 self._retire_locked(handle)
 
+    def _flush_touches(self) -> None:
+        """Write the read times collected since the last flush to the index's access_time, in
+        one transaction, so least-recently-used eviction sees reads that did no SQLite write."""
+        with self._lock:
+            pending, self._touched = self._touched, {}
+            for key, handle in self._handles.items():
+                if handle.used_at > handle.flushed_at:
+                    pending[key] = max(handle.used_at, pending.get(key, 0.0))
+                    handle.flushed_at = handle.used_at
+        if not pending:
+            return
+        with self._cache.transact(retry=True):
+            self._cache._con.executemany(
+                "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1 AND access_time < ?",
+                [(when, key, when) for key, when in pending.items()],
+            )
+
     def close(self) -> None:
         with self._lock:
             while self._handles:
                 _, handle = self._handles.popitem()
                 self._retire_locked(handle)
+        with suppress(sqlite3.Error):  # recency only: never worth failing a close for
+            self._flush_touches()
         self._cache.close()
 
     def __enter__(self) -> ChunkCache:

@@ -275,10 +275,22 @@ def test_damaged_chunk_file_is_dropped_not_served(cache):
     assert cache.state(layout) == "absent"
 
 
+def test_chunk_file_truncated_under_an_open_handle_is_dropped(cache):
+    data = make_data(MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    put(cache, layout, data)
+    assert cache.read(layout, 0, 10) == data[:10]  # handle now open
+    (name,) = value_files(cache.directory)
+    with open(cache.directory / name, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(NotCached):
+        cache.read(layout, 900, 200)
+    assert cache.state(layout) == "absent"
+
+
 # --- eviction --------------------------------------------------------------------------------
 
 def test_eviction_holds_the_size_limit_least_recently_used_first(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "TOUCH_INTERVAL", 0.0)  # every read refreshes the LRU time
     limit = 8 * MIB
     c = ChunkCache(tmp_path / "c", limit)
     data = make_data(20 * MIB)
@@ -303,6 +315,68 @@ def test_eviction_holds_the_size_limit_least_recently_used_first(tmp_path, monke
     assert exc.value.missing == list(range(0, 20 - len(held)))
     assert value_files(c.directory) == indexed_files(c.directory)
     c.close()
+
+
+def test_rereads_through_open_handles_count_as_use(tmp_path):
+    c = ChunkCache(tmp_path / "c", 7 * MIB)
+    data = make_data(12 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    put(c, layout, data, range(5))
+    c.read(layout, 0, 10)
+    c.read(layout, MIB, 10)
+    c.read(layout, 0, 10)  # through the open handle: 0 is now newer than 1
+    order = []
+    for i in range(5, 12):
+        put(c, layout, data, [i])
+        order += [j for j in range(5) if j not in order and not c.has_chunk(layout, j)]
+    assert order == [2, 3, 4, 1, 0]
+    c.close()
+
+
+def test_cached_reads_do_not_write_the_index(cache):
+    data = make_data(2 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    put(cache, layout, data)
+
+    def access_times():
+        con = sqlite3.connect(cache.directory / "cache.db")
+        try:
+            return con.execute("SELECT key, access_time FROM Cache ORDER BY key").fetchall()
+        finally:
+            con.close()
+
+    before = access_times()
+    for off in range(0, 2 * MIB, 128 * 1024):
+        assert cache.read(layout, off, 128 * 1024) == data[off:off + 128 * 1024]
+    assert access_times() == before
+
+
+def test_chunk_removed_elsewhere_stops_being_served_after_the_recheck(tmp_path, monkeypatch):
+    data = make_data(2 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    reader = ChunkCache(tmp_path / "c", 64 * MIB)
+    put(reader, layout, data)
+    assert reader.read(layout, 0, 10) == data[:10]  # handle open on chunk 0
+    with ChunkCache(tmp_path / "c", 64 * MIB) as other:  # e.g. another process
+        other.discard_archive("arch")
+    assert reader.read(layout, 0, 10) == data[:10]  # open handle, within the interval: old bytes
+    monkeypatch.setattr(cache_mod, "RECHECK_INTERVAL", 0.0)
+    with pytest.raises(NotCached):
+        reader.read(layout, 0, 10)
+    assert reader.state(layout) == "absent"
+    reader.close()
+
+
+def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypatch):
+    monkeypatch.setattr(cache_mod, "HANDLE_CACHE_SIZE", 1)
+    data = make_data(4 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    put(cache, layout, data)
+    cache.read(layout, 0, len(data))
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):  # each read holds four handles while the table keeps one
+        assert cache.read(layout, 10, len(data)) == data[10:]
+    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 def test_evicted_chunk_with_an_open_handle_reads_as_not_cached(tmp_path):
