@@ -102,6 +102,7 @@ class GlacierOperations(pyfuse3.Operations):
         self._open_files: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._xattr_memo: dict[tuple[int, bytes], tuple[float, bytes]] = {}
+        self.mounted_at_ns = time.time_ns()  # the root's (and empty vaults') mtime
 
     # --- attributes -----------------------------------------------------------------------
     def _entry(self, inode: int) -> Entry:
@@ -129,7 +130,7 @@ class GlacierOperations(pyfuse3.Operations):
         attr.st_gid = self.gid
         attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = -(-attr.st_size // 512)
-        mtime = entry.mtime_ns or 0
+        mtime = entry.mtime_ns or self.mounted_at_ns
         attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = mtime
         return attr
 

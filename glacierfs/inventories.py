@@ -38,9 +38,7 @@ OUTPUT_LIFETIME = 24 * 3600
 def _is_full_inventory(job: dict[str, Any]) -> bool:
     """A paged or date-filtered inventory job lists only part of the vault."""
     params = job.get("InventoryRetrievalParameters") or {}
-    return not any(params.get(k) for k in ("StartDate", "EndDate", "Limit", "Marker")) or \
-        (not params.get("StartDate") and not params.get("EndDate") and not params.get("Limit")
-         and not params.get("Marker"))
+    return not any(params.get(k) for k in ("StartDate", "EndDate", "Limit", "Marker"))
 
 
 def _parse(text: str | None) -> datetime | None:

@@ -223,12 +223,13 @@ def _ensure_vault_entries(db: sqlite3.Connection, vault: str) -> int:
 
 # --- ingest ---------------------------------------------------------------------------------
 
-def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive],
-                      dirs: set[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
+def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive], dirs: set[str],
+                      folder_markers: set[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
     for row in rows:
         decoded = names.decode_description(row.description)
         parts = decoded.parts
         if decoded.is_folder:
+            folder_markers.add(row.archive_id)
             for i in range(1, len(parts) + 1):
                 dirs.add("/".join(parts[:i]))
             continue
@@ -258,13 +259,15 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
                                            rows_skipped=0, problems=[], truncated=False)
     db = store.db
     dirs: set[str] = set()
+    folder_markers: set[str] = set()  # archives shown as directories still count as archives
     with store.transaction():
         vault_inode = _ensure_vault_entries(db, vault)
         db.execute("DROP TABLE IF EXISTS temp.staged")
         db.execute("CREATE TEMP TABLE staged (archive_id TEXT PRIMARY KEY, dir TEXT, name TEXT, "
                    "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_date TEXT, "
                    "description TEXT)")
-        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs)
+        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs,
+                                   folder_markers)
         insert = ("INSERT OR REPLACE INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         batch: list[tuple] = []  # type: ignore[type-arg]
         for item in staged:
@@ -302,7 +305,13 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
             (vault, vault_inode, vault, KIND_FILE, vault))
         db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
                    (vault, KIND_DIR, KIND_FILE))
-        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
+        # A directory's mtime is its newest member's, deepest first so it rolls upwards.
+        dir_keys = [f"d:{vault}/{p}" for p in sorted(dirs, key=lambda p: -p.count("/"))]
+        db.executemany(
+            "UPDATE entries SET mtime_ns = (SELECT COALESCE(MAX(c.mtime_ns), 0) FROM entries c "
+            "WHERE c.parent = entries.inode) WHERE key = ?",
+            [(k,) for k in dir_keys + [f"v:{vault}"]])
+        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0] + len(folder_markers)
         inv_date = report.inventory_date.strftime("%Y-%m-%dT%H:%M:%SZ") \
             if report.inventory_date else None
         message = None

@@ -200,9 +200,10 @@ class Retrieval(DownloadOutcome):
                 return
         rec.state = IN_PROGRESS
         rec.job_id = job_id
+        if tier != rec.tier:
+            rec.status_message = f"{rec.tier} capacity unavailable; started as {tier}"
         rec.tier = tier
         rec.creation_date = _utc_now_iso()
-        rec.status_message = None if tier == rec.tier else None
         rec.next_poll = time.time() + self._first_poll_delay(tier)
         self._save(rec)
         self.jobs.record_spend(rec.archive_id, rec.size)
@@ -288,8 +289,7 @@ class Retrieval(DownloadOutcome):
         deadline = trio.current_time() + self.options.wait
         while True:
             try:
-                return await trio.to_thread.run_sync(self.cache.read, layout, offset, size) \
-                    if size > 4 * 1024 * 1024 else self.cache.read(layout, offset, size)
+                return self.cache.read(layout, offset, size)
             except NotCached as exc:
                 missing = exc.missing
             rec = self.records.get(archive_id)
