@@ -378,20 +378,24 @@ class ChunkCache:
             return
         key = _chunk_key(layout, index)
         data = bytes(data)
-        with self._reservation(len(data)):
-            self._disk.take_written()
-            try:
+        self._disk.take_written()  # nothing of an earlier put may be taken for ours below
+        try:
+            with self._reservation(len(data)):  # evicting needs SQLite writes: may hit ENOSPC too
                 self._cache.set(key, data, tag=actual, retry=True)
-            except BaseException as exc:
-                self._undo_failed_set()
-                if _is_disk_full(exc):
-                    raise CacheFullError(
-                        f"no room to cache archive {layout.archive_id} chunk {index}: {exc}"
-                    ) from exc
-                raise
+        except BaseException as exc:
+            self._undo_failed_set()
+            if _is_disk_full(exc):
+                raise CacheFullError(
+                    f"no room to cache archive {layout.archive_id} chunk {index}: {exc}"
+                ) from exc
+            raise
+        self._disk.take_written()  # committed: from now on that file belongs to the index
         self._forget_handle(key)
-        with self._room_lock:
-            self._make_room_locked(0, keep=key)
+        try:
+            with self._room_lock:  # the index grew a little too: trim back under the limit
+                self._make_room_locked(0, keep=key)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not trim the cache after storing a chunk: %s", exc)
         log.debug("cached archive %s chunk %d (%d bytes)", layout.archive_id, index, len(data))
 
     def _undo_failed_set(self) -> None:
@@ -405,9 +409,13 @@ class ChunkCache:
             with suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
         written = self._disk.take_written()
-        if written is not None:
-            with suppress(OSError):
-                os.unlink(written)
+        if written is None:
+            return
+        filename = os.path.relpath(written, self._dir_str)
+        if self._query("SELECT 1 FROM Cache WHERE filename = ?", (filename,)):
+            return  # committed after all (interrupted just after COMMIT): it is the chunk now
+        with suppress(OSError):
+            os.unlink(written)
 
     @contextmanager
     def _reservation(self, size: int) -> Iterator[None]:

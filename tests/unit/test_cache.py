@@ -532,6 +532,28 @@ def test_index_full_after_the_file_is_written(cache, monkeypatch):
     assert cache.read(layout, 0, len(data)) == data
 
 
+def test_index_full_while_evicting_to_make_room(tmp_path, monkeypatch):
+    c = ChunkCache(tmp_path / "c", 3 * MIB)
+    data = make_data(4 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    put(c, layout, data, [0, 1])
+
+    def delete(*args, **kwargs):
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+        raise exc
+
+    with monkeypatch.context() as m:
+        m.setattr(c._cache, "delete", delete)
+        with pytest.raises(CacheFullError):
+            put(c, layout, data, [2])
+    assert c.missing_chunks(layout) == [2, 3]
+    assert value_files(c.directory) == indexed_files(c.directory)
+    put(c, layout, data, [2, 3])
+    assert c.read(layout, 2 * MIB, 2 * MIB) == data[2 * MIB:]
+    c.close()
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     mnt = tmp_path / "tiny"
