@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 MIB = 1024 * 1024
 LEAF_SIZE = MIB  # fixed by the Glacier API
