@@ -164,6 +164,14 @@ def _chunk_key(layout: ArchiveLayout, index: int) -> str:
     return f"{_grid_prefix(layout)}{index}"
 
 
+def _slot(key: str) -> tuple[str, int, int]:
+    """The handle-table slot (archive id, chunk size, index) of an index key."""
+    length, rest = key.split(":", 1)
+    archive_id = rest[:int(length)]
+    chunk_size, index = rest[int(length) + 1:].split("/")
+    return archive_id, int(chunk_size), int(index)
+
+
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
     """[low, high) such that exactly the keys starting with ``prefix`` lie in it.
 
@@ -279,7 +287,9 @@ class ChunkCache:
         self._disk: _ChunkDisk = self._cache.disk
         self._chmod_db_files()
         self._lock = threading.Lock()
-        self._handles: OrderedDict[str, _Handle] = OrderedDict()
+        # Open chunks by (archive id, chunk size, index): a tuple, because building the index's
+        # string key costs more per read than the rest of the bookkeeping together.
+        self._handles: OrderedDict[tuple[str, int, int], _Handle] = OrderedDict()
         self._touched: dict[str, float] = {}  # read times of retired handles, not yet flushed
         self._room_lock = threading.Lock()
         self._reserved = 0
@@ -537,22 +547,21 @@ class ChunkCache:
             return self._read_span(layout, offset, end)
         # Fast path, the common case (a 128 KiB-1 MiB request inside one chunk): written out
         # inline because per-call overhead is what separates us from a bare pread.
-        aid = layout.archive_id
-        key = f"{len(aid)}:{aid}/{chunk_size}/{index}"
+        slot = (layout.archive_id, chunk_size, index)
         lock = self._lock
         now = time.time()
         with lock:
-            handle = self._handles.get(key)
+            handle = self._handles.get(slot)
             if handle is not None and 0 <= now - handle.checked_at < RECHECK_INTERVAL:
-                self._handles.move_to_end(key)
+                self._handles.move_to_end(slot)
                 handle.users += 1
                 handle.used_at = now
             else:
                 handle = None
         if handle is None:
-            handle = self._open(layout, index, key)
+            handle = self._open(layout, index)
             if handle is None:
-                raise NotCached([index], aid)
+                raise NotCached([index], layout.archive_id)
         try:
             data = os.pread(handle.fd, end - offset, offset - index * chunk_size)
         finally:
@@ -602,22 +611,24 @@ class ChunkCache:
 
     def _acquire(self, layout: ArchiveLayout, index: int) -> _Handle | None:
         """An open handle on chunk ``index`` with one use counted, or None if not cached."""
-        key = _chunk_key(layout, index)
+        slot = (layout.archive_id, layout.chunk_size, index)
         now = time.time()
         with self._lock:
-            handle = self._handles.get(key)
+            handle = self._handles.get(slot)
             if handle is not None and 0 <= now - handle.checked_at < RECHECK_INTERVAL:
-                self._handles.move_to_end(key)
+                self._handles.move_to_end(slot)
                 handle.users += 1
                 handle.used_at = now
                 return handle
-        return self._open(layout, index, key)
+        return self._open(layout, index)
 
-    def _open(self, layout: ArchiveLayout, index: int, key: str) -> _Handle | None:
+    def _open(self, layout: ArchiveLayout, index: int) -> _Handle | None:
         """Open chunk ``index``, or re-check a handle that is due, with one read-only query.
 
         Returns the handle with one use counted, or None if the chunk is not cached.
         """
+        key = _chunk_key(layout, index)
+        slot = (layout.archive_id, layout.chunk_size, index)
         now = time.time()
         file = None
         for _ in range(OPEN_ATTEMPTS):
@@ -635,14 +646,14 @@ class ChunkCache:
             self._truncated_quietly(layout, index)
             file = None
         with self._lock:
-            old = self._handles.pop(key, None)
+            old = self._handles.pop(slot, None)
             if old is not None:
                 self._retire_locked(old)
             if file is None:
                 return None
             handle = _Handle(key, file, now)
             handle.users = 1
-            self._handles[key] = handle
+            self._handles[slot] = handle
             while len(self._handles) > HANDLE_CACHE_SIZE:
                 _, oldest = self._handles.popitem(last=False)
                 self._retire_locked(oldest)
@@ -667,8 +678,9 @@ class ChunkCache:
             handle.file.close()
 
     def _forget_handle(self, key: str) -> None:
+        slot = _slot(key)
         with self._lock:
-            handle = self._handles.pop(key, None)
+            handle = self._handles.pop(slot, None)
             if handle is not None:
                 self._retire_locked(handle)
 
@@ -677,9 +689,9 @@ class ChunkCache:
         one transaction, so least-recently-used eviction sees reads that did no SQLite write."""
         with self._lock:
             pending, self._touched = self._touched, {}
-            for key, handle in self._handles.items():
+            for handle in self._handles.values():
                 if handle.used_at > handle.flushed_at:
-                    pending[key] = max(handle.used_at, pending.get(key, 0.0))
+                    pending[handle.key] = max(handle.used_at, pending.get(handle.key, 0.0))
                     handle.flushed_at = handle.used_at
         if not pending:
             return

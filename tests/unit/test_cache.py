@@ -661,3 +661,16 @@ def test_directory_owned_by_someone_else_is_refused(tmp_path):
     os.chown(directory, 12345, 12345)
     with pytest.raises(cache_mod.CacheError):
         ChunkCache(directory, 64 * MIB)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+@given(aid=st.text(min_size=1, max_size=200), shift=st.integers(0, 10), index=st.integers(0, 10**6))
+def test_keys_round_trip_and_never_share_an_archive_prefix(aid, shift, index):
+    layout = ArchiveLayout(aid, 1, MIB << shift)
+    key = cache_mod._chunk_key(layout, index)
+    assert cache_mod._slot(key) == (aid, MIB << shift, index)
+    low, high = cache_mod._prefix_bounds(cache_mod._key_prefix(aid))
+    assert low <= key < high
+    other = ArchiveLayout(aid + "0", 1, MIB)  # an id extending this one is outside its range
+    assert not low <= cache_mod._chunk_key(other, index) < high
