@@ -9,7 +9,8 @@ What it guarantees
     beside the chunk (diskcache ``tag``) so a resumed download can fold the archive root from
     stored hashes without rereading data.
   * Whole chunks or nothing: a value file is written and fsynced before its row is committed; a
-    kill in between leaves an unreferenced file (never readable, swept at the next open). Disk
+    kill in between leaves an unreferenced file (never readable; removed by a later open once
+    older than ``ORPHAN_GRACE``). Disk
     full (ENOSPC/EDQUOT, from the file or from SQLite) raises ``CacheFullError`` with the partial
     file removed and the index untouched.
   * Size limit: before a chunk is written, least-recently-used chunks are evicted one at a time
@@ -279,7 +280,7 @@ class ChunkCache:
             disk=_ChunkDisk,
             size_limit=size_limit,
             eviction_policy="least-recently-used",
-            cull_limit=0,  # we evict ourselves, exactly enough and before writing: see _make_room
+            cull_limit=0,  # we evict ourselves, exactly enough and before writing: see _make_room_locked
             disk_min_file_size=0,  # every chunk in its own file: readable with pread
             statistics=0,  # a hit counter would be one more SQLite write per read
             tag_index=0,
