@@ -10,9 +10,8 @@ What it guarantees
     stored hashes without rereading data.
   * Whole chunks or nothing: a value file is written and fsynced before its row is committed; a
     kill in between leaves an unreferenced file (never readable; removed by a later open once
-    older than ``ORPHAN_GRACE``). Disk
-    full (ENOSPC/EDQUOT, from the file or from SQLite) raises ``CacheFullError`` with the partial
-    file removed and the index untouched.
+    older than ``ORPHAN_GRACE``). Disk full (ENOSPC/EDQUOT, from the file or from SQLite)
+    raises ``CacheFullError`` with the partial file removed and the index untouched.
   * Size limit: before a chunk is written, least-recently-used chunks are evicted one at a time
     until it fits (diskcache's own culling is disabled: it removes ``cull_limit`` entries at once
     whatever their size, and only after the new value is already on disk).
