@@ -141,3 +141,17 @@ def test_archive_id_names_are_safe_and_distinct(archive_ids):
     for name in got:
         assert is_safe_component(name)
         assert name not in RESERVED_ROOT_NAMES
+
+
+@SETTINGS
+@given(st.lists(st.tuples(TEXT, ARCHIVE_IDS), max_size=30, unique_by=lambda row: row[1]))
+def test_a_vault_of_any_descriptions_gets_unique_safe_paths(rows):
+    # What the namespace does: decode, fall back to the id, rename later clashes.
+    taken: set[tuple[str, ...]] = set()
+    for description, archive_id in rows:
+        parts = decode_description(description).parts or (archive_id_name(archive_id),)
+        if parts in taken:
+            parts = parts[:-1] + (duplicate_name(parts[-1], archive_id),)
+        assert parts not in taken
+        assert_safe_parts(parts)
+        taken.add(parts)
