@@ -63,13 +63,22 @@ def check_mountpoint(path: Path) -> None:
         raise MountError(f"mount point {path} does not exist (mkdir -p {path})") from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise MountError(f"{path} is a dead glacierfs mount left by a crash; "
-                             f"run: fusermount3 -u {path}  (or umount -l {path})") from None
+            raise MountError(_stale_message(path)) from None
         raise MountError(f"mount point {path}: {exc.strerror}") from None
     if not path.is_dir():
         raise MountError(f"mount point {path} is not a directory")
     if os.path.ismount(path):
+        try:
+            os.statvfs(path)  # stat() may answer from the kernel's cache; statfs always asks
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                raise MountError(_stale_message(path)) from None
         raise MountError(f"{path} is already a mount point (umount {path} first)")
+
+
+def _stale_message(path: Path) -> str:
+    return (f"{path} is a dead FUSE mount left by a crash (Transport endpoint is not "
+            f"connected); run: fusermount3 -u {path}  (or umount -l {path})")
 
 
 def _setup_logging(opts: MountOptions, to_stderr: bool) -> None:
