@@ -6,15 +6,16 @@ is live, and raises ``MountError`` (one line for the user) for anything that pre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pyfuse3
 import trio
 
-from glacierfs import glacier
+from glacierfs import glacier, notify
 from glacierfs.cache import ChunkCache
 from glacierfs.fs import GlacierOperations
 from glacierfs.inventories import Inventories
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_FUSE_WORKERS = 64   # pyfuse3 allows 99; every blocked read holds one
 API_THREADS = 12        # boto3 calls at once (downloads plus polling and listing)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class MountError(Exception):
@@ -75,6 +77,7 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
         raise MountError(f"AWS credentials: {exc}") from None
     aclient = glacier.AsyncGlacier(client, limit=API_THREADS)
     cache = ChunkCache(opts.state_dir / "chunks", opts.cache_size)
+    mounted = contextlib.ExitStack()
     try:
         stored = ns.vaults()
         if not stored:
@@ -89,6 +92,7 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
             inventories = Inventories(ns, aclient, opts, nursery)
             ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure)
             source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
+            signals = mounted.enter_context(_stop_signals())
             try:
                 pyfuse3.init(ops, str(mountpoint), fuse_options(opts, source))
             except RuntimeError as exc:
@@ -96,17 +100,20 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
             try:
                 log.info("mounted %s on %s (cache %s)", source, mountpoint, opts.state_dir)
                 ready()
+                notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
-                nursery.start_soon(_stop_on_signals)
+                nursery.start_soon(_stop_on_signals, signals)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
                 await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_WORKERS)
+                notify.stopping(f"unmounting {mountpoint}")
                 nursery.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True):
                     pyfuse3.close(unmount=True)
                 log.info("unmounted %s", mountpoint)
     finally:
+        mounted.close()
         cache.close()
         store.close()
 
@@ -123,10 +130,26 @@ async def _refresh_vault_list(opts: MountOptions, ns: Namespace,
         ns.set_vaults(vaults)
 
 
-async def _stop_on_signals() -> None:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[AsyncIterator[int]]:
+    """From just before the kernel mount to the end: SIGTERM/SIGINT/SIGHUP are caught (a
+    signal between ``init`` and ``main`` is held, not fatal). Signals still pending when
+    this closes, or arriving later while the state is closed, are ignored: the daemon is
+    stopping already. Before the mount the default action (exit) is harmless."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # what trio restores and redelivers to at exit
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        yield signals
+
+
+async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
     """pyfuse3 installs no signal handlers: SIGTERM/SIGINT end the FUSE loop cleanly; a
     second signal while stopping changes nothing (the state is already on disk)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
+    stopping = False
+    async for signum in signals:
+        if stopping:
+            log.info("signal %d: already unmounting", signum)
+            continue
+        stopping = True
+        log.info("signal %d: unmounting", signum)
+        pyfuse3.terminate()
