@@ -1,0 +1,158 @@
+"""The core (inventories, retrieval, downloader, cache) against the emulator, without FUSE."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from glacierfs import glacier
+from glacierfs.cache import ChunkCache
+from glacierfs.inventories import Inventories
+from glacierfs.jobstore import JobStore
+from glacierfs.namespace import Namespace
+from glacierfs.options import MountOptions
+from glacierfs.retrieval import NotReady, NotRequested, Retrieval
+from glacierfs.sim.testing import upload, wait_job
+from glacierfs.store import ROOT_INODE, Store
+
+MIB = 1024 * 1024
+
+
+class Core:
+    """The mount's components wired as mount.py wires them, over one state dir."""
+
+    def __init__(self, sim, state: Path, **opts) -> None:
+        self.options = replace(MountOptions(region="us-east-1", endpoint_url=sim.url,
+                                            cache_dir=state, poll=0.5, chunk_size=MIB), **opts)
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.options.state_dir)
+        self.ns = Namespace(self.store)
+        self.client = glacier.GlacierClient(glacier.ClientSettings(
+            region="us-east-1", endpoint_url=sim.url))
+        self.aclient = glacier.AsyncGlacier(self.client)
+        self.cache = ChunkCache(self.options.state_dir / "chunks", 1 << 30)
+        self.retrieval = Retrieval(JobStore(self.store), self.aclient, self.cache, self.options,
+                                   self.ns)
+
+    def close(self) -> None:
+        self.cache.close()
+        self.store.close()
+
+    def file(self, vault: str, name: str):
+        v = self.ns.lookup(self.ns.get(ROOT_INODE), vault)
+        return self.ns.lookup(v, name)
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    deadline = trio.current_time() + timeout
+    while not predicate():
+        if trio.current_time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await trio.sleep(0.1)
+
+
+async def _load_inventory(core: Core, vault: str) -> None:
+    core.ns.set_vaults([(vault, None)])
+    async with trio.open_nursery() as nursery:
+        inv = Inventories(core.ns, core.aclient, core.options, nursery)
+        inv.ensure(vault)
+        await _until(lambda: core.ns.vault(vault).inventory_status == "Succeeded")
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=1")
+def test_inventory_then_restore_then_remount_without_calls(sim, glacier, vault, tmp_path):
+    data = bytes(range(256)) * (3 * MIB // 256) + b"tail"
+    upload(glacier, vault, data, "docs/report.bin")
+    core = Core(sim, tmp_path)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        entry = core.file(vault, "docs")
+        assert entry is not None
+        f = core.ns.lookup(entry, "report.bin")
+        assert f.size == len(data)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            with pytest.raises(NotRequested):
+                await core.retrieval.read(f, 0, 100, may_start=False)
+            with pytest.raises(NotReady):
+                await core.retrieval.read(f, 0, 100, may_start=True)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached")
+            got = await core.retrieval.read(f, MIB - 10, MIB + 20, may_start=True)
+            assert got == data[MIB - 10: 2 * MIB + 10]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert sim.stats()["requests"].get("InitiateJob") == 2  # one inventory, one archive
+    core.close()
+
+    # Remount: everything needed is stored; the emulator is stopped to prove no call is made.
+    sim.stop()
+    core2 = Core(sim, tmp_path)
+
+    async def again() -> None:
+        f = core2.ns.lookup(core2.file(vault, "docs"), "report.bin")
+        assert await core2.retrieval.read(f, 0, len(data), may_start=True) == data
+
+    trio.run(again)
+    core2.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=1")
+def test_job_started_elsewhere_is_reused(sim, glacier, vault, tmp_path):
+    archive_id = upload(glacier, vault, b"x" * 5000, "shared.txt")
+    other = glacier.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": "Standard"})["jobId"]
+    core = Core(sim, tmp_path)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "shared.txt")
+        sim.reset_stats()
+        rec = await core.retrieval.request(f)
+        assert rec.job_id == other
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert "InitiateJob" not in sim.stats()["requests"]
+    core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5")
+def test_newer_inventory_replaces_the_tree(sim, glacier, vault, tmp_path):
+    upload(glacier, vault, b"1", "one.txt")
+    core = Core(sim, tmp_path, inventory_refresh=0.1)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        assert core.file(vault, "one.txt") is not None
+        first_job = core.ns.vault(vault).inventory_job_id
+        upload(glacier, vault, b"2", "two.txt")
+        time.sleep(1.1)  # inventory dates have one-second resolution
+        async with trio.open_nursery() as nursery:
+            inv = Inventories(core.ns, core.aclient, core.options, nursery)
+            await trio.sleep(0.2)
+            inv.ensure(vault)
+            await _until(lambda: core.ns.vault(vault).inventory_job_id != first_job
+                         and core.ns.vault(vault).inventory_status == "Succeeded")
+        assert core.file(vault, "two.txt") is not None
+        assert core.file(vault, "one.txt") is not None
+
+    trio.run(main)
+    core.close()
+
+
+def test_wait_job_helper_is_available(sim, glacier, vault):
+    # guards the helper the tests above rely on for pacing
+    aid = upload(glacier, vault, b"abc", "")
+    job = glacier.initiate_job(vaultName=vault, jobParameters={"Type": "archive-retrieval",
+                                                               "ArchiveId": aid})["jobId"]
+    sim.complete_jobs(job_id=job)
+    assert wait_job(glacier, vault, job)["StatusCode"] == "Succeeded"
