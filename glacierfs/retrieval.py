@@ -104,6 +104,14 @@ class Retrieval(DownloadOutcome):
     def layout(self, entry: Entry) -> ArchiveLayout:
         return ArchiveLayout(entry.archive_id or "", entry.size, self.options.chunk_size)
 
+    def cache_state(self, entry: Entry) -> tuple[str, int]:
+        """(``absent``|``partial``|``cached``, verified bytes held). An empty archive has
+        nothing to retrieve, so it counts as cached and never costs a job."""
+        if entry.size == 0:
+            return "cached", 0
+        layout = self.layout(entry)
+        return self.cache.state(layout), self.cache.cached_bytes(layout)
+
     def queued(self) -> list[JobRecord]:
         return sorted((r for r in self.records.values() if r.state == QUEUED),
                       key=lambda r: r.requested_at)
@@ -119,7 +127,7 @@ class Retrieval(DownloadOutcome):
         assert entry.archive_id
         archive_id = entry.archive_id
         layout = self.layout(entry)
-        if self.cache.state(layout) == "cached":
+        if self.cache_state(entry)[0] == "cached":
             return None
         async with self._lock_for(self._archive_locks, archive_id):
             rec = self.records.get(archive_id)

@@ -34,9 +34,7 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
     counts: dict[str, int] = {}
     for rec in records:
         entry = ns.file_by_archive(rec.archive_id)
-        layout = retrieval.layout(entry) if entry else None
-        cached = retrieval.cache.cached_bytes(layout) if layout else 0
-        state = retrieval.cache.state(layout) if layout else "absent"
+        state, cached = retrieval.cache_state(entry) if entry else ("absent", 0)
         if state == "cached" and rec.state == SUCCEEDED:
             counts["cached"] = counts.get("cached", 0) + 1
             continue

@@ -30,9 +30,9 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
         "user.glacier.creation_date": entry.creation_date or "",
         "user.glacier.description": entry.description or "",
     }
-    layout = retrieval.layout(entry)
-    values["user.glacier.cache"] = retrieval.cache.state(layout)
-    values["user.glacier.cache.bytes"] = str(retrieval.cache.cached_bytes(layout))
+    state, held = retrieval.cache_state(entry)
+    values["user.glacier.cache"] = state
+    values["user.glacier.cache.bytes"] = str(held)
     rec = retrieval.record(entry.archive_id or "")
     if rec is not None:
         values["user.glacier.job.status"] = rec.public_status
