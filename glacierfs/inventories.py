@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 INVENTORY_POLL = 900.0       # real inventory jobs take hours; ``poll`` overrides
 INVENTORY_FORMAT = "JSON"    # Glacier's CSV is ambiguous; JSON is exact
 OUTPUT_LIFETIME = 24 * 3600
+RETRY_AFTER_FAILURE = 60.0   # a vault whose inventory could not be had is retried this often
 
 
 def _is_full_inventory(job: dict[str, Any]) -> bool:
@@ -70,7 +71,7 @@ class Inventories:
             return
         now = time.time()
         if info.inventory_date is None and info.inventory_status != "Succeeded":
-            if now - self._checked.get(vault, 0) < 5:
+            if now - self._checked.get(vault, 0) < RETRY_AFTER_FAILURE:
                 return
         else:
             refresh = self.options.inventory_refresh
