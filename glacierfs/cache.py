@@ -119,8 +119,6 @@ class ArchiveLayout:
     chunk_size: int
 
     def __post_init__(self) -> None:
-        if not self.archive_id:
-            raise ValueError("archive_id must not be empty")
         if self.size < 0:
             raise ValueError(f"negative archive size {self.size}")
         if self.chunk_size % MIB or not is_power_of_two(self.chunk_size // MIB):
