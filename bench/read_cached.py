@@ -1,0 +1,121 @@
+"""Cached reads through the mount vs a minimal pyfuse3 passthrough over the same bytes.
+
+The archive is really restored through the emulator (upload, inventory, Expedited job, chunked
+download with tree-hash verification into the chunk cache), so the cache holds exactly what a
+user's restore leaves. The passthrough (bench/passthroughfs.py) serves a copy of the same bytes
+from the same disk. Measured side by side, alternating, median of ``--repeat`` rounds:
+
+  cold sequential   page cache dropped, read start to end in 1 MiB reads    goal >= 0.9x
+  warm reread       second read (page cache) vs the chunk files read directly goal >= 0.9x
+  random 4 KiB      page cache dropped, readahead off (FADV_RANDOM), pread   goal >= 0.8x
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+import common
+from common import MIB
+
+VAULT = "bench"
+NAME = "restored.bin"
+
+
+def chunk_files(cache_dir: Path) -> list[Path]:
+    """The chunk cache's value files for the archive, in archive order."""
+    chunks = next(cache_dir.glob("*@*/chunks"))
+    con = sqlite3.connect(f"file:{chunks / 'cache.db'}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT key, filename FROM Cache WHERE filename IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    rows.sort(key=lambda r: int(r[0].rsplit("/", 1)[1]))
+    return [chunks / filename for _, filename in rows]
+
+
+def restore(sim, glacier, work: Path, mnt: Path, cache: Path, plain: Path) -> float:  # noqa: ANN001
+    """Upload ``plain`` and restore it through a mount; returns seconds from the restore
+    request to a fully cached, verified file."""
+    archive_id = common.upload_file(glacier, VAULT, plain, NAME)
+    print(f"uploaded {plain.stat().st_size / MIB:.0f} MiB as {archive_id[:16]}…", flush=True)
+    with common.mounted(sim, mnt, cache, "tier=Expedited"):
+        common.wait_for(lambda: NAME in os.listdir(mnt / VAULT), 120, "the inventory")
+        path = mnt / VAULT / NAME
+        started = time.perf_counter()
+        os.setxattr(path, "user.glacier.restore", b"Expedited")
+        common.wait_for(lambda: common.getxattr(path, "user.glacier.cache") == "cached", 900,
+                        "the restore", interval=0.1)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--size", default="1G", help="archive size (default 1G)")
+    p.add_argument("--random-reads", type=int, default=4000)
+    args = p.parse_args()
+    size = common.parse_size(args.size)
+    common.print_machine()
+    with common.workdir(args, "read") as work:
+        sim = common.start_sim(work, "--delay", "Expedited=1", "--delay", "inventory=1")
+        gmnt, pmnt = work / "mnt-glacierfs", work / "mnt-passthrough"
+        cache, plain_dir = work / "cache", work / "plain"
+        try:
+            glacier = common.client(sim)
+            glacier.create_vault(vaultName=VAULT)
+            plain = plain_dir / NAME
+            common.write_random_file(plain, size)
+            restore_s = restore(sim, glacier, work, gmnt, cache, plain)
+            print(f"restored and verified in {restore_s:.1f} s "
+                  f"({common.mib_s(size, restore_s):.0f} MiB/s incl. job wait)", flush=True)
+            files = chunk_files(cache)
+            assert sum(f.stat().st_size for f in files) == size
+            with common.mounted(sim, gmnt, cache), common.passthrough(plain_dir, pmnt):
+                rows = measure(gmnt / VAULT / NAME, pmnt / NAME, files, size, args)
+        finally:
+            common.unmount(gmnt)
+            sim.stop()
+    common.table(f"cached reads of a {size / MIB:.0f} MiB file (median of {args.repeat})", rows)
+
+
+def measure(gpath: Path, ppath: Path, files: list[Path], size: int, args) -> list:  # noqa: ANN001
+    def cold(path: Path) -> float:
+        common.drop_caches()
+        n, seconds = common.read_sequential(path)
+        assert n == size, (path, n)
+        return seconds
+
+    g_cold, p_cold = common.alternate(args.repeat, lambda: cold(gpath), lambda: cold(ppath))
+
+    def warm(target: Path | list[Path]) -> float:
+        common.read_sequential(target)  # make sure it is in the page cache
+        return common.read_sequential(target)[1]
+
+    common.drop_caches()
+    g_warm, d_warm = common.alternate(args.repeat, lambda: warm(gpath), lambda: warm(files))
+
+    rng = random.Random(6)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(args.random_reads)]
+
+    def rand(path: Path) -> float:
+        common.drop_caches()
+        return common.read_random(path, offsets)
+
+    g_rand, p_rand = common.alternate(args.repeat, lambda: rand(gpath), lambda: rand(ppath))
+    n = len(offsets)
+    mb = size / MIB
+    return [
+        ("cold sequential (MiB/s)", f"{mb / g_cold:.0f}", f"{mb / p_cold:.0f} passthrough",
+         f"{p_cold / g_cold:.2f}x", common.verdict(p_cold / g_cold, 0.9)),
+        ("warm reread (MiB/s)", f"{mb / g_warm:.0f}", f"{mb / d_warm:.0f} chunk files",
+         f"{d_warm / g_warm:.2f}x", common.verdict(d_warm / g_warm, 0.9)),
+        ("random 4 KiB (reads/s)", f"{n / g_rand:.0f}", f"{n / p_rand:.0f} passthrough",
+         f"{p_rand / g_rand:.2f}x", common.verdict(p_rand / g_rand, 0.8)),
+    ]
+
+
+if __name__ == "__main__":
+    main()
