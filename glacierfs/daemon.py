@@ -29,6 +29,8 @@ log = logging.getLogger("glacierfs")
 EXIT_USAGE = 2
 EXIT_FAIL = 1
 READY_TIMEOUT = 120.0  # seconds the parent waits for the child to mount
+# A FUSE mount whose daemon died: ENOTCONN, or ECONNABORTED on the first access after the crash.
+DEAD_MOUNT_ERRORS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def check_mountpoint(path: Path) -> None:
     except FileNotFoundError:
         raise MountError(f"mount point {path} does not exist (mkdir -p {path})") from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT_ERRORS:
             raise MountError(_stale_message(path)) from None
         raise MountError(f"mount point {path}: {exc.strerror}") from None
     if not path.is_dir():
@@ -71,7 +73,7 @@ def check_mountpoint(path: Path) -> None:
         try:
             os.statvfs(path)  # stat() may answer from the kernel's cache; statfs always asks
         except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
+            if exc.errno in DEAD_MOUNT_ERRORS:
                 raise MountError(_stale_message(path)) from None
         raise MountError(f"{path} is already a mount point (umount {path} first)")
 
