@@ -109,6 +109,11 @@ def translate(exc: BaseException) -> GlacierError:
         code = str(err.get("Code") or "Unknown")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         cls = _CODE_CLASSES.get(code)
+        if cls is None and code == str(status):
+            # botocore could not parse the error body (a connection cut in the middle of
+            # it): an answer we did not get, as transient as a dropped connection.
+            return ServiceUnavailable("IncompleteErrorResponse",
+                                      f"HTTP {status} with an unreadable error body", status)
         if cls is None:
             cls = ServiceUnavailable if (status or 0) >= 500 else GlacierError
         return cls(code, str(err.get("Message") or ""), status)
