@@ -32,6 +32,7 @@ CORRUPT_ATTEMPTS = 3          # a chunk whose bytes keep failing its tree hash i
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 DISK_FULL_PAUSE = 15.0        # how long a chunk that found the disk full waits before retrying
+ROUND_PAUSE = 60.0            # a chunk that used up its attempts tries again this much later
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,17 @@ class Downloader:
         self._seq = itertools.count()
         self._wake = trio.Event()
         self._cancelled: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        # Archives whose bytes failed verification: chunks of them still in flight are dropped
+        # when they land, so nothing of a failed archive stays in the cache.
+        self._poisoned: set[str] = set()
         self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0}
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
                 priority: int = BACKGROUND) -> None:
         self._cancelled.discard(layout.archive_id)
+        self._poisoned.discard(layout.archive_id)
         for index in indexes:
             key = (layout.archive_id, index)
             if key in self._in_flight:
@@ -116,6 +122,7 @@ class Downloader:
     # --- workers ------------------------------------------------------------------------
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
 
@@ -169,6 +176,7 @@ class Downloader:
                     log.warning("archive %s chunk %d: giving up for now after %d attempts: %s",
                                 layout.archive_id[:16], index, transient, exc)
                     self._notify(layout.archive_id, index, exc)
+                    self._retry_later(task)
                     return
                 log.info("archive %s chunk %d: %s; retrying", layout.archive_id[:16], index, exc)
                 await self._sleep(_backoff(transient))
@@ -180,8 +188,9 @@ class Downloader:
                             layout.archive_id[:16], index, exc, corrupt)
                 if corrupt >= CORRUPT_ATTEMPTS:
                     reason = (f"bytes {start}-{end} failed tree-hash verification "
-                              f"{corrupt} times; nothing unverified was kept")
+                              f"{corrupt} times; no byte of the file is kept or served")
                     self._notify(layout.archive_id, index, ChunkVerificationError(reason))
+                    await self._poison(layout.archive_id)
                     await self.outcome.archive_failed(layout.archive_id, reason)
                     return
                 self.stats["retries"] += 1
@@ -198,12 +207,33 @@ class Downloader:
                 self._notify(layout.archive_id, index, exc)
                 await self.outcome.archive_failed(layout.archive_id, reason)
                 return
+            if layout.archive_id in self._poisoned:
+                await self._poison(layout.archive_id)
+                return
             self.stats["chunks"] += 1
             self.stats["bytes_verified"] += len(data)
             self._notify(layout.archive_id, index)
             if not self.cache.missing_chunks(layout):
                 await self._check_whole(layout)
             return
+
+    async def _poison(self, archive_id: str) -> None:
+        """The archive failed verification: drop every chunk of it, now and as they land."""
+        self._poisoned.add(archive_id)
+        self.cancel_archive(archive_id)
+        await trio.to_thread.run_sync(self.cache.discard_archive, archive_id)
+
+    def _retry_later(self, task: ChunkTask) -> None:
+        """A new round of attempts for a chunk after ROUND_PAUSE, without holding a worker:
+        an outage longer than one round must not leave an archive half downloaded for ever
+        (a ``glacierfs restore`` has no reader to ask again)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._requeue_after, task)
+
+    async def _requeue_after(self, task: ChunkTask) -> None:
+        await self._sleep(ROUND_PAUSE)
+        if task.layout.archive_id not in self._cancelled:
+            self.enqueue(task.vault, task.job_id, task.layout, [task.index])
 
     async def _check_whole(self, layout: ArchiveLayout) -> None:
         """All chunks are in: their folded root must be the archive's tree hash."""
@@ -215,7 +245,7 @@ class Downloader:
         if expected and root != expected.lower():
             reason = (f"whole-archive tree hash {root} does not match the inventory's "
                       f"{expected}; the downloaded bytes were discarded")
-            await trio.to_thread.run_sync(self.cache.discard_archive, layout.archive_id)
+            await self._poison(layout.archive_id)
             await self.outcome.archive_failed(layout.archive_id, reason)
             return
         await self.outcome.archive_complete(layout.archive_id)
