@@ -296,6 +296,10 @@ class Retrieval(DownloadOutcome):
         archive_id = layout.archive_id
         deadline = trio.current_time() + self.options.wait
         while True:
+            rec = self.records.get(archive_id)
+            if rec is not None and rec.state == FAILED and self.cache.state(layout) != "cached":
+                # A failed file is failed as a whole: no byte of a partial download is served.
+                raise RetrievalFailed(rec.status_message or "retrieval failed")
             try:
                 return self.cache.read(layout, offset, size)
             except NotCached as exc:
