@@ -175,6 +175,7 @@ def cmd_restore(argv: list[str]) -> int:
     args = p.parse_args(argv)
     requested = cached = running = failed = 0
     req_bytes = 0
+    tiers: dict[Path, str | None] = {}   # mount point → its tier, read once per mount
     for path in iter_files(args.paths, args.recursive):
         st = file_state(path)
         if st is None:
@@ -187,9 +188,7 @@ def cmd_restore(argv: list[str]) -> int:
         if st.job_status in ("InProgress", "Queued", "Succeeded"):
             running += 1
             continue
-        tier = args.tier or "Standard"
-        if args.tier is None:
-            tier = _mount_tier(path) or "Standard"
+        tier = args.tier or _mount_tier(path, tiers) or "Standard"
         try:
             os.setxattr(path, "user.glacier.restore", tier.encode())
         except OSError as exc:
@@ -203,15 +202,16 @@ def cmd_restore(argv: list[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _mount_tier(path: Path) -> str | None:
+def _mount_tier(path: Path, known: dict[Path, str | None]) -> str | None:
     for mnt in glacierfs_mounts():
         try:
             path.resolve().relative_to(mnt)
         except ValueError:
             continue
-        raw = _xattr(mnt, STATUS_XATTR)
-        if raw:
-            return json.loads(raw).get("limits", {}).get("tier")
+        if mnt not in known:
+            raw = _xattr(mnt, STATUS_XATTR)
+            known[mnt] = json.loads(raw).get("limits", {}).get("tier") if raw else None
+        return known[mnt]
     return None
 
 
