@@ -258,7 +258,10 @@ class GlacierOperations(pyfuse3.Operations):
         if tier not in TIERS:
             raise pyfuse3.FUSEError(errno.EINVAL)
         await self.retrieval.request(entry, tier=tier, explicit=True)
-        self._xattr_memo = {k: v for k, v in self._xattr_memo.items() if k[0] != inode}
+        # The file's attributes and the root's status document both changed: a memoized
+        # value (``glacierfs restore`` reads the root's to learn the tier) would hide the job.
+        self._xattr_memo = {k: v for k, v in self._xattr_memo.items()
+                            if k[0] not in (inode, ROOT_INODE)}
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
