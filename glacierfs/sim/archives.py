@@ -20,7 +20,7 @@ from glacierfs.sim.context import Sim, check_description
 from glacierfs.sim.errors import GlacierError, invalid, missing, not_found
 from glacierfs.sim.jobs import parse_limit
 from glacierfs.sim.messages import Request, Response, empty, json_response
-from glacierfs.sim.store import Row
+from glacierfs.sim.store import Row, archive_key
 from glacierfs.treehash import MIB, fold_hex, is_power_of_two
 
 MAX_SINGLE_UPLOAD = 4 * 1024 * MIB  # Glacier: up to 4 GiB in one UploadArchive
@@ -74,10 +74,16 @@ def _publish(sim: Sim, vault_row: Row, body_tmp: Path, leaves_tmp: Path, descrip
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(leaves_tmp, leaves_path_for(final))
     os.replace(body_tmp, final)
-    sim.store.run(
-        "INSERT INTO archives (vault_id, archive_id, description, size, tree_hash, created, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (vault_row["id"], archive_id, description, size, tree_hash, sim.clock.now(), rel))
+    now = sim.clock.now()
+    with sim.store.transaction() as db:
+        db.execute(
+            "INSERT INTO archives (vault_id, archive_key, archive_id, description, size,"
+            " tree_hash, created, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (vault_row["id"], archive_key(archive_id), archive_id, description, size, tree_hash,
+             now, rel))
+        db.execute("UPDATE vaults SET live_count = live_count + 1, live_size = live_size + ? "
+                   "WHERE id = ?", (size, vault_row["id"]))
+        db.execute("INSERT INTO changes (vault_id, at) VALUES (?, ?)", (vault_row["id"], now))
     return archive_id
 
 
@@ -103,12 +109,15 @@ def upload_archive(sim: Sim, req: Request, account: str, vault: str) -> Response
 
 def delete_archive(sim: Sim, req: Request, account: str, vault: str, archive_id: str) -> Response:
     vault_row = sim.vault(vault)
-    row = sim.store.one("SELECT * FROM archives WHERE archive_id = ? AND vault_id = ? "
-                        "AND deleted IS NULL", (archive_id, vault_row["id"]))
+    row = sim.store.archive(vault_row["id"], archive_id)
     if row is None:
         raise not_found(f"Archive not found for ArchiveId: {archive_id}")
-    sim.store.run("UPDATE archives SET deleted = ?, body = NULL WHERE id = ?",
-                  (sim.clock.now(), row["id"]))
+    now = sim.clock.now()
+    with sim.store.transaction() as db:
+        db.execute("UPDATE archives SET deleted = ?, body = NULL WHERE id = ?", (now, row["id"]))
+        db.execute("UPDATE vaults SET live_count = live_count - 1, live_size = live_size - ? "
+                   "WHERE id = ?", (row["size"], vault_row["id"]))
+        db.execute("INSERT INTO changes (vault_id, at) VALUES (?, ?)", (vault_row["id"], now))
     if row["body"]:  # jobs hold their own hard links, so their output survives
         path = sim.store.data_dir / row["body"]
         path.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from glacierfs.sim.context import Sim, check_description
 from glacierfs.sim.errors import GlacierError, invalid, not_found
 from glacierfs.sim.faults import rule_from_json
 from glacierfs.sim.messages import Request, Response, json_response
+from glacierfs.sim.store import archive_key
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,15 @@ def synthesize(sim: Sim, req: Request) -> Response:
             n = min(SYNTH_BATCH, count - created)
             names = ids.archive_ids(n)
             db.executemany(
-                "INSERT INTO archives (vault_id, archive_id, description, size, tree_hash,"
-                " created) VALUES (?, ?, ?, ?, ?, ?)",
-                ((vault["id"], names[k], template.replace("{i}", str(created + k)), size,
-                  tree_hash, now) for k in range(n)))
+                "INSERT INTO archives (vault_id, archive_key, archive_id, description, size,"
+                " tree_hash, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((vault["id"], archive_key(names[k]), names[k],
+                  template.replace("{i}", str(created + k)), size, tree_hash, now)
+                 for k in range(n)))
             created += n
+        db.execute("UPDATE vaults SET live_count = live_count + ?, live_size = live_size + ? "
+                   "WHERE id = ?", (count, count * size, vault["id"]))
+        db.execute("INSERT INTO changes (vault_id, at) VALUES (?, ?)", (vault["id"], now))
     log.info("synthesized %d archives of %d bytes in %s", count, size, vault["name"])
     return json_response(200, {"vault": vault["name"], "count": count, "size": size,
                                "SHA256TreeHash": tree_hash})

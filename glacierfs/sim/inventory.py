@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from glacierfs.sim.clock import DAY, iso, midnight_at_or_before
 from glacierfs.sim.errors import invalid
+from glacierfs.sim.store import Store
 
 CSV_HEADER = "ArchiveId,ArchiveDescription,CreationDate,Size,SHA256TreeHash\n"
+_PLAIN = re.compile(r'^[ !#-\[\]-~]*$')  # printable ASCII needing no JSON escapes
 FETCH_ROWS = 10_000  # rows per fetchmany: big enough to amortise, small enough to stay flat
 
 
@@ -59,22 +62,15 @@ def decode_marker(marker: str, vault_id: int) -> int:
         raise invalid(f"Invalid inventory marker: {marker}") from None
 
 
-def daily_snapshot(conn_one, vault_id: int, now: float) -> float | None:
+def daily_snapshot(store: Store, vault_id: int, now: float) -> float | None:
     """The date of the latest daily inventory at ``now``, or None when none exists yet.
 
     Glacier inventories a vault about once a day, and only when archives were added or deleted
     since the previous inventory. Here a snapshot is taken at each emulated midnight (UTC) that
     follows a change, so the latest one is the first midnight after the last change made before
-    the most recent midnight. ``conn_one(sql, args)`` runs a query returning one row dict.
+    the most recent midnight.
     """
-    last_midnight = midnight_at_or_before(now)
-    row = conn_one(
-        "SELECT max(t) AS t FROM ("
-        " SELECT max(created) AS t FROM archives WHERE vault_id = ? AND created < ?"
-        " UNION ALL"
-        " SELECT max(deleted) AS t FROM archives WHERE vault_id = ? AND deleted < ?)",
-        (vault_id, last_midnight, vault_id, last_midnight))
-    change = row["t"] if row else None
+    change = store.last_change(vault_id, midnight_at_or_before(now))
     if change is None:
         return None
     return midnight_at_or_before(change) + DAY
@@ -82,6 +78,12 @@ def daily_snapshot(conn_one, vault_id: int, now: float) -> float | None:
 
 def _csv_quote(text: str) -> str:
     return '"' + text.replace('"', '\\"') + '"'
+
+
+def _json_string(text: str) -> str:
+    if _PLAIN.match(text):
+        return f'"{text}"'
+    return json.dumps(text)
 
 
 def render(conn: sqlite3.Connection, req: InventoryRequest, out_path: Path) -> Rendered:
@@ -106,6 +108,7 @@ def render(conn: sqlite3.Connection, req: InventoryRequest, out_path: Path) -> R
     count = 0
     last_id = None
     more = False
+    last_created, created_text = None, ""
     with open(tmp, "w", encoding="utf-8", newline="") as out:
         if req.fmt == "CSV":
             out.write(CSV_HEADER)
@@ -122,14 +125,16 @@ def render(conn: sqlite3.Connection, req: InventoryRequest, out_path: Path) -> R
                 if req.limit is not None and count == req.limit:
                     more = True
                     break
+                if created != last_created:  # synthesized rows share one date: format it once
+                    last_created, created_text = created, iso(created)
                 if req.fmt == "CSV":
-                    chunk.append(f"{archive_id},{_csv_quote(description)},{iso(created)},"
+                    chunk.append(f"{archive_id},{_csv_quote(description)},{created_text},"
                                  f"{size},{tree_hash}\n")
                 else:
-                    chunk.append(("," if count else "") + json.dumps({
-                        "ArchiveId": archive_id, "ArchiveDescription": description,
-                        "CreationDate": iso(created), "Size": size,
-                        "SHA256TreeHash": tree_hash}, separators=(",", ":")))
+                    chunk.append(f'{"," if count else ""}{{"ArchiveId":"{archive_id}",'
+                                 f'"ArchiveDescription":{_json_string(description)},'
+                                 f'"CreationDate":"{created_text}","Size":{size},'
+                                 f'"SHA256TreeHash":"{tree_hash}"}}')
                 count += 1
                 last_id = row_id
             out.write("".join(chunk))

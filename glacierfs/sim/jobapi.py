@@ -79,8 +79,7 @@ def _archive_job(sim: Sim, vault: str, vault_row: Row, params: dict) -> dict:
     tier = _str(params, "Tier") or "Standard"
     if tier not in TIERS:
         raise invalid(f"Invalid tier: {tier}. Valid values: {', '.join(TIERS)}")
-    archive = sim.store.one("SELECT * FROM archives WHERE archive_id = ? AND vault_id = ? "
-                            "AND deleted IS NULL", (archive_id, vault_row["id"]))
+    archive = sim.store.archive(vault_row["id"], archive_id)
     if archive is None:
         raise not_found(f"Archive not found for ArchiveId: {archive_id}")
     size = archive["size"]
@@ -145,7 +144,7 @@ def _inventory_job(sim: Sim, vault_row: Row, params: dict) -> dict:
     if rule:
         raise error_for(rule)
     if sim.config.inventory_mode == "daily" and \
-            daily_snapshot(sim.store.one, vault_row["id"], sim.clock.now()) is None:
+            daily_snapshot(sim.store, vault_row["id"], sim.clock.now()) is None:
         raise not_found(f"Inventory not found for vault ARN: "
                         f"{sim.config.vault_arn(vault_row['name'])}: the vault has not been "
                         "inventoried yet (the first inventory is prepared the day after the "

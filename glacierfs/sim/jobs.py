@@ -98,7 +98,7 @@ class Jobs:
         if vault is None:
             return {"status": FAILED, "status_message": "The vault was deleted."}
         if self.config.inventory_mode == "daily":
-            snapshot = inventory.daily_snapshot(self.store.one, vault["id"], when)
+            snapshot = inventory.daily_snapshot(self.store, vault["id"], when)
             at = snapshot if snapshot is not None else when
         else:
             at = when

@@ -5,6 +5,15 @@ juggling per-thread connections and costs nothing measurable. The long jobs (ren
 inventory of a million archives) read through their own connection (``reader()``), which WAL mode
 lets run beside the writers.
 
+Every upload, deletion or synthesis also appends to ``changes`` (one row per event, not per
+archive), which is all the daily inventory schedule needs to know, without indexing a million
+archive rows by date.
+
+Archives are found by ``archive_key``, an integer taken from the first characters of the
+random id, under a plain index: a unique index on the 138-character ids themselves made bulk
+inserts of a million random keys several times slower. Vaults keep live counters so
+DescribeVault need not count a million rows.
+
 Archives are deleted softly (a ``deleted`` timestamp), which makes "the vault as it was at time T"
 a query: that is how an inventory reflects the vault at its job's completion time, or at a daily
 snapshot, however late the emulator gets round to rendering it.
@@ -12,6 +21,8 @@ snapshot, however late the emulator gets round to rendering it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -22,14 +33,17 @@ from collections.abc import Iterator
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vaults (
-    id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created REAL NOT NULL);
+    id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created REAL NOT NULL,
+    live_count INTEGER NOT NULL DEFAULT 0, live_size INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS archives (
-    id INTEGER PRIMARY KEY, vault_id INTEGER NOT NULL, archive_id TEXT UNIQUE NOT NULL,
+    id INTEGER PRIMARY KEY, vault_id INTEGER NOT NULL, archive_key INTEGER NOT NULL,
+    archive_id TEXT NOT NULL,
     description TEXT NOT NULL, size INTEGER NOT NULL, tree_hash TEXT NOT NULL,
     created REAL NOT NULL, deleted REAL, body TEXT);
 CREATE INDEX IF NOT EXISTS archives_by_vault ON archives(vault_id, id);
-CREATE INDEX IF NOT EXISTS archives_by_vault_created ON archives(vault_id, created);
-CREATE INDEX IF NOT EXISTS archives_by_vault_deleted ON archives(vault_id, deleted);
+CREATE INDEX IF NOT EXISTS archives_by_key ON archives(archive_key);
+CREATE TABLE IF NOT EXISTS changes (vault_id INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_by_vault ON changes(vault_id, at);
 CREATE TABLE IF NOT EXISTS uploads (
     id INTEGER PRIMARY KEY, vault_id INTEGER NOT NULL, upload_id TEXT UNIQUE NOT NULL,
     description TEXT NOT NULL, part_size INTEGER NOT NULL, created REAL NOT NULL);
@@ -50,6 +64,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_vault ON jobs(vault_id, id);
 """
 
 Row = dict[str, Any]
+# SQLite page cache: enough for the archive-key index of a million archives to stay in memory
+# while they are synthesized in one transaction, small beside the emulator's other memory.
+CACHE_KIB = 32 * 1024
 
 
 class Store:
@@ -65,6 +82,7 @@ class Store:
         self._db.row_factory = _dict_row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -121,9 +139,32 @@ class Store:
     def tmp_path(self, name: str) -> Path:
         return self.data_dir / "tmp" / name
 
+    def record_change(self, vault_id: int, at: float) -> None:
+        self.run("INSERT INTO changes (vault_id, at) VALUES (?, ?)", (vault_id, at))
+
+    def last_change(self, vault_id: int, before: float) -> float | None:
+        """Time of the last upload or deletion in a vault strictly before ``before``."""
+        row = self.one("SELECT max(at) AS t FROM changes WHERE vault_id = ? AND at < ?",
+                       (vault_id, before))
+        return row["t"] if row else None
+
     # --- vaults -----------------------------------------------------------------------------
     def vault(self, name: str) -> Row | None:
         return self.one("SELECT * FROM vaults WHERE name = ?", (name,))
+
+    def archive(self, vault_id: int, archive_id: str) -> Row | None:
+        """A live (not deleted) archive of a vault."""
+        return self.one("SELECT * FROM archives WHERE archive_key = ? AND archive_id = ? AND "
+                        "vault_id = ? AND deleted IS NULL",
+                        (archive_key(archive_id), archive_id, vault_id))
+
+
+def archive_key(archive_id: str) -> int:
+    """Index key of an archive id: its first 48 bits (ids are random, so this spreads well)."""
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(archive_id[:8].encode()), "big")
+    except (binascii.Error, ValueError):
+        return -1
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> Row:

@@ -24,19 +24,18 @@ def inventory_date(sim: Sim, vault: Row) -> float | None:
     written to; comparing it with a cached InventoryDate says whether a newer inventory exists."""
     now = sim.clock.now()
     if sim.config.inventory_mode == "daily":
-        return daily_snapshot(sim.store.one, vault["id"], now)
-    row = sim.store.one(
-        "SELECT max(t) AS t FROM (SELECT max(created) AS t FROM archives WHERE vault_id = ?"
-        " UNION ALL SELECT max(deleted) AS t FROM archives WHERE vault_id = ? AND deleted <= ?)",
-        (vault["id"], vault["id"], now))
-    return row["t"] if row else None
+        return daily_snapshot(sim.store, vault["id"], now)
+    return sim.store.last_change(vault["id"], now + 1e-3)
 
 
 def describe(sim: Sim, vault: Row) -> dict[str, object]:
     """NumberOfArchives and SizeInBytes are as of the last inventory, as in Glacier."""
     last = inventory_date(sim, vault)
     counts = {"n": 0, "size": 0}
-    if last is not None:
+    if last is not None and sim.store.last_change(vault["id"], sim.clock.now() + 1e-3) == \
+            sim.store.last_change(vault["id"], last + 1e-3):
+        counts = {"n": vault["live_count"], "size": vault["live_size"]}  # nothing changed since
+    elif last is not None:
         counts = sim.store.one(
             "SELECT count(*) AS n, coalesce(sum(size), 0) AS size FROM archives WHERE "
             "vault_id = ? AND created <= ? AND (deleted IS NULL OR deleted > ?)",
@@ -99,7 +98,7 @@ def delete_vault(sim: Sim, req: Request, account: str, vault: str) -> Response:
     with sim.store.transaction() as db:
         db.execute("DELETE FROM parts WHERE upload_id IN "
                    "(SELECT upload_id FROM uploads WHERE vault_id = ?)", (row["id"],))
-        for table in ("archives", "jobs", "uploads"):
+        for table in ("archives", "jobs", "uploads", "changes"):
             db.execute(f"DELETE FROM {table} WHERE vault_id = ?", (row["id"],))
         db.execute("DELETE FROM vaults WHERE id = ?", (row["id"],))
     for path in files:
