@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ DEFAULT_DATA = "/var/lib/glacierfs-demo"
 # Short tier delays so a restore can be watched from start to finish.
 DEMO_DELAYS = ("Expedited=5", "Standard=20", "Bulk=45", "inventory=3")
 SEEDED_MARK = "seeded-v1"
+PID_FILE = "emulator.pid"
+INVENTORY_WAIT = 60.0   # seconds; the emulator's inventory jobs take a few
 
 
 # --- descriptions as real uploaders write them --------------------------------------------
@@ -52,8 +55,20 @@ def qnap(path: str) -> str:
     return json.dumps({"path": path, "type": "file"})
 
 
-def _pattern(seed: str, size: int) -> bytes:
-    """Deterministic, incompressible-looking bytes, so a restore can be checked by hash."""
+TEXT_SUFFIXES = (".txt", ".tex", "hosts")
+TEXT_CONTENT = {"hello.txt": b"Hello, world\n"}
+
+
+def _pattern(seed: str, size: int, name: str = "") -> bytes:
+    """Deterministic bytes, so a restore can be checked by hash: readable text for small text
+    files (``cat`` shows something sensible), incompressible-looking bytes otherwise."""
+    if name in TEXT_CONTENT and len(TEXT_CONTENT[name]) == size:
+        return TEXT_CONTENT[name]
+    if (not name or name.endswith(TEXT_SUFFIXES)) and 0 < size < MIB:
+        label = name or "an archive without a description"
+        lines = "".join(f"{label}: line {n} of a glacierfs demo file\n"
+                        for n in range(1, size // 20 + 2)).encode()
+        return lines[:size - 1] + b"\n"
     block = hashlib.sha256(seed.encode()).digest() * (MIB // 32)
     return (block * (size // len(block) + 1))[:size]
 
@@ -111,8 +126,9 @@ def start_emulator(data_dir: Path, port: int) -> str:
            str(data_dir / "glacier")]
     for d in DEMO_DELAYS:
         cmd += ["--delay", d]
-    subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                     start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
     if not _wait_http(url, 30):
         raise SystemExit(f"glacierfs demo: the emulator did not start; see {data_dir}/emulator.log")
     print(f"emulator running at {url} (state in {data_dir}/glacier)")
@@ -129,10 +145,17 @@ def seed(url: str, data_dir: Path) -> None:
     for vault, archives in demo_archives().items():
         client.create_vault(vaultName=vault)
         for i, (description, size) in enumerate(archives):
-            data = _pattern(f"{vault}/{i}", size)
+            data = _pattern(f"{vault}/{i}", size, _plain_name(description))
             print(f"  uploading {vault}: {size:>11,} bytes", flush=True)
             _upload(client, vault, description, data)
     mark.write_text("ok\n")
+
+
+def _plain_name(description: str) -> str:
+    """The file name a description decodes to, for choosing demo content."""
+    from glacierfs.names import decode_description
+    parts = decode_description(description).parts
+    return parts[-1] if parts else ""
 
 
 def _upload(client, vault: str, description: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -152,18 +175,54 @@ def _upload(client, vault: str, description: str, data: bytes) -> None:  # type:
                                      archiveSize=str(len(data)), checksum=tree_hash_hex(data))
 
 
+def _dead_mount(mountpoint: Path) -> bool:
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
 def mount(url: str, mountpoint: Path, data_dir: Path) -> None:
+    if _dead_mount(mountpoint):
+        print(f"{mountpoint}: clearing a dead mount left by a crash (fusermount3 -u)")
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
     if os.path.ismount(mountpoint):
         print(f"{mountpoint} is already mounted")
         return
     mountpoint.mkdir(parents=True, exist_ok=True)
-    exe = shutil.which("glacierfs") or sys.argv[0]
+    own = Path(sys.executable).with_name("glacierfs")   # this install, not another on PATH
+    exe = str(own) if own.exists() else (shutil.which("glacierfs") or sys.argv[0])
     opts = f"endpoint_url={url},cache_dir={data_dir}/cache,poll=2,inventory_refresh=off"
     cmd = [exe, "us-east-1", str(mountpoint), "-o", opts]
     print("mounting:", " ".join(cmd))
     result = subprocess.run(cmd)
     if result.returncode:
         raise SystemExit(result.returncode)
+
+
+def wait_for_inventories(mountpoint: Path) -> None:
+    """Open every vault (which starts its inventory job) and wait until all are listed, so
+    the first ``ls`` shows names. Real inventories take hours; the emulator's seconds."""
+    vaults = sorted(os.listdir(mountpoint))
+    print(f"waiting for the inventories of {len(vaults)} vaults "
+          "(hours on Glacier, seconds here)…", flush=True)
+    deadline = time.monotonic() + INVENTORY_WAIT
+    pending = set(vaults)
+    while pending and time.monotonic() < deadline:
+        for vault in sorted(pending):
+            os.listdir(mountpoint / vault)
+            try:
+                status = os.getxattr(mountpoint / vault, "user.glacier.inventory.job.status")
+            except OSError:
+                continue
+            if status == b"Succeeded":
+                pending.discard(vault)
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        print(f"still waiting for: {', '.join(sorted(pending))} (their directories fill "
+              "when the inventory is in)")
 
 
 def main(argv: list[str]) -> int:
@@ -177,14 +236,15 @@ def main(argv: list[str]) -> int:
     url = start_emulator(data_dir, args.port)
     seed(url, data_dir)
     mount(url, mnt, data_dir)
+    wait_for_inventories(mnt)
     print(f"""
-glacierfs demo is mounted on {mnt} (a local Glacier emulator; jobs finish in seconds).
-Try:
-  ls {mnt}                          # one directory per vault (listing one starts its inventory)
-  sleep 5; ls -lR {mnt}/photos      # names decoded from mt-aws-glacier, FastGlacier, …
+glacierfs demo is mounted on {mnt}: a Glacier account served by a local emulator, where a
+Standard retrieval takes 20 seconds instead of hours. Try:
+  ls {mnt}                          # one directory per vault
+  ls -lR {mnt}/photos               # names decoded from mt-aws-glacier, FastGlacier, …
   getfattr -d -m user.glacier {mnt}/documents/hello.txt
-  cat {mnt}/documents/hello.txt     # first read starts a retrieval: "Resource temporarily unavailable"
-  glacierfs status {mnt}            # jobs and downloads
+  cat {mnt}/documents/hello.txt     # starts a retrieval: "Resource temporarily unavailable"
+  glacierfs status {mnt}            # jobs, downloads, cache; cat again after ~20 s
   glacierfs restore -r {mnt}/photos && glacierfs wait -r {mnt}/photos && rsync -a {mnt}/photos/ /tmp/photos/
-Unmount with: umount {mnt}""")
+Stop it: umount {mnt}; kill $(cat {data_dir / PID_FILE})   (the emulator)""")
     return 0

@@ -43,6 +43,9 @@ REMOTE_JOBS_FRESH = 60.0     # how long one ListJobs answer is trusted for job r
 OUTPUT_LIFETIME = 24 * 3600  # Glacier keeps job output at least this long after completion
 CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished job
 START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
+# Every this many polling rounds a vault's jobs are listed whole (the others list only completed
+# jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
+FULL_LISTING_EVERY = 10
 OUR_DESCRIPTION = "glacierfs"
 
 
@@ -93,6 +96,7 @@ class Retrieval(DownloadOutcome):
         self._archive_locks: dict[str, trio.Lock] = {}
         self._vault_locks: dict[str, trio.Lock] = {}
         self._remote_jobs: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._poll_rounds: dict[str, int] = {}  # per vault: picks the rounds that list all jobs
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
         self.unreachable_until = 0.0
@@ -376,8 +380,26 @@ class Retrieval(DownloadOutcome):
             await trio.sleep(1)
 
     async def poll_vault(self, vault: str) -> None:
-        """One ListJobs round for a vault: every job of ours there is brought up to date."""
-        jobs = {j["JobId"]: j for j in await self._vault_jobs(vault, fresh=True)}
+        """One ListJobs round for a vault: every job of ours there is brought up to date.
+
+        Most rounds list only completed jobs (``completed=true``): a job of ours not among them
+        is taken to be still running. Such a round costs one page per 50 recently completed jobs
+        in the vault, not one per 50 jobs in flight (1,000 jobs waiting for hours: one call per
+        round instead of 20). Every ``FULL_LISTING_EVERY``-th round, and whenever a record was
+        left in Initiating by a restart (its job id is unknown), the vault is listed whole, so
+        a job that vanished is still noticed.
+        """
+        round_no = self._poll_rounds.get(vault, 0)
+        self._poll_rounds[vault] = round_no + 1
+        if round_no % FULL_LISTING_EVERY == 0 or any(
+                r.vault == vault and r.state == INITIATING for r in self.records.values()):
+            jobs = {j["JobId"]: j for j in await self._vault_jobs(vault, fresh=True)}
+        else:
+            jobs = {j["JobId"]: j for j in await self.client.list_jobs(vault, completed=True)}
+            for rec in self.records.values():
+                if rec.vault == vault and rec.state == IN_PROGRESS and rec.job_id \
+                        and rec.job_id not in jobs:
+                    jobs[rec.job_id] = {"JobId": rec.job_id, "StatusCode": "InProgress"}
         by_archive: dict[str, list[dict[str, Any]]] = {}
         for job in jobs.values():
             if job.get("Action") == "ArchiveRetrieval":
