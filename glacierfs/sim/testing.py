@@ -61,9 +61,10 @@ def make_client(endpoint_url: str, max_attempts: int | None = None, key_id: str 
     core.set_config_variable("metadata_service_num_attempts", 0)
     session = boto3.Session(botocore_session=core, aws_access_key_id=key_id,
                             aws_secret_access_key=DUMMY_SECRET, region_name=REGION)
-    retries = {"mode": "standard"}
+    retries: dict[str, Any] = {"mode": "standard"}
     if max_attempts is not None:
-        retries["max_attempts"] = max_attempts
+        # botocore reads "max_attempts" as retries after the first try; the total is explicit.
+        retries["total_max_attempts"] = max_attempts
     config.setdefault("retries", retries)
     return session.client("glacier", endpoint_url=endpoint_url, config=Config(**config))
 
