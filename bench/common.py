@@ -141,8 +141,10 @@ def proc_status(pid: int, field: str) -> int:
 
 # --- the emulator ----------------------------------------------------------------------------
 
-def start_sim(base: Path, *args: str) -> SimProcess:
-    return SimProcess(base / "sim", args=["--quiet", *args], log_path=base / "sim.log")
+def start_sim(base: Path, *args: str, verbose: bool = False) -> SimProcess:
+    """The emulator; ``verbose`` logs every request line (with its query) to base/sim.log."""
+    return SimProcess(base / "sim", args=["--verbose" if verbose else "--quiet", *args],
+                      log_path=base / "sim.log")
 
 
 def client(sim: SimProcess):  # noqa: ANN201 (a boto3 client)
