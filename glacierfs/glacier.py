@@ -15,7 +15,9 @@ import collections
 import functools
 import ipaddress
 import logging
+import random
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 BOTO_MAX_ATTEMPTS = 6
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
+# InitiateJob costs money and is not idempotent: botocore must not resend it after a lost
+# answer (that starts a second paid job). Only refusals (throttling, 5xx answers: nothing was
+# started) are retried, here, with botocore's standard backoff.
+INITIATE_ATTEMPTS = 6
+INITIATE_BACKOFF_CAP = 20.0
 LIST_JOBS_PAGE = 50  # ListJobs' maximum page size: fewest calls per polling round
 OUR_JOB_PREFIX = "glacierfs"
 
@@ -193,6 +200,11 @@ class GlacierClient:
         )
         self._client = session.client("glacier", endpoint_url=settings.endpoint_url,
                                       config=config, **extra)
+        self._initiate_client = session.client(
+            "glacier", endpoint_url=settings.endpoint_url,
+            config=config.merge(botocore.config.Config(retries={"total_max_attempts": 1,
+                                                                "mode": "standard"})),
+            **extra)
 
     def _call(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
         with self._lock:
@@ -220,20 +232,30 @@ class GlacierClient:
         return self._call("DescribeVault", self._client.describe_vault, vaultName=vault)
 
     # --- jobs ---------------------------------------------------------------------------
+    def _initiate_job(self, vault: str, params: dict[str, Any]) -> str:
+        """InitiateJob, sent once per refusal at most: a lost answer (Unreachable) is raised,
+        never resent, because the job may have started; the caller looks for it."""
+        for attempt in range(1, INITIATE_ATTEMPTS + 1):
+            try:
+                out = self._call("InitiateJob", self._initiate_client.initiate_job,
+                                 vaultName=vault, jobParameters=params)
+                return str(out["jobId"])
+            except (Throttled, ServiceUnavailable):
+                if attempt == INITIATE_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, min(INITIATE_BACKOFF_CAP, 2.0 ** attempt)))
+        raise AssertionError("unreachable")
+
     def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
                                    description: str) -> str:
         params = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier,
                   "Description": description[:1024]}
-        out = self._call("InitiateJob", self._client.initiate_job, vaultName=vault,
-                         jobParameters=params)
-        return str(out["jobId"])
+        return self._initiate_job(vault, params)
 
     def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
         params = {"Type": "inventory-retrieval", "Format": fmt,
                   "Description": f"{OUR_JOB_PREFIX} inventory"}
-        out = self._call("InitiateJob", self._client.initiate_job, vaultName=vault,
-                         jobParameters=params)
-        return str(out["jobId"])
+        return self._initiate_job(vault, params)
 
     def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
         return self._call("DescribeJob", self._client.describe_job, vaultName=vault, jobId=job_id)
