@@ -46,7 +46,7 @@ class ChunkTask:
 class DownloadOutcome:
     """Callbacks into the retrieval lifecycle (kept as an interface to avoid an import cycle)."""
 
-    async def output_expired(self, archive_id: str) -> None: ...
+    async def output_expired(self, archive_id: str, job_id: str | None = None) -> None: ...
     async def archive_failed(self, archive_id: str, reason: str) -> None: ...
     async def archive_complete(self, archive_id: str) -> None: ...
 
@@ -167,7 +167,7 @@ class Downloader:
             except glacier.NotFound:
                 self._notify(layout.archive_id, index, glacier.NotFound(
                     "ResourceNotFoundException", "job output expired"))
-                await self.outcome.output_expired(layout.archive_id)
+                await self.outcome.output_expired(layout.archive_id, task.job_id)
                 return
             except (glacier.Unreachable, glacier.ServiceUnavailable, glacier.Throttled) as exc:
                 transient += 1

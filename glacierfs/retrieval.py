@@ -169,7 +169,10 @@ class Retrieval(DownloadOutcome):
             if rec.size > opts.budget:
                 return (f"archive is larger than the daily budget ({opts.budget} bytes); "
                         "raise budget= to retrieve it")
-            spent = self.jobs.spent_in_window()
+            # Starts in flight count too: their spend is recorded only once InitiateJob answers,
+            # and concurrent requests must not all pass the check in that window.
+            spent = self.jobs.spent_in_window() + sum(
+                r.size for r in self.records.values() if r.state == INITIATING and not r.job_id)
             if spent + rec.size > opts.budget:
                 return f"waiting: daily budget used ({spent} of {opts.budget} bytes)"
         return None
@@ -202,9 +205,17 @@ class Retrieval(DownloadOutcome):
             except glacier.NotFound:
                 self._fail(rec, "Glacier does not know this archive (deleted since the inventory?)")
                 return
-            except (glacier.Unreachable, glacier.ServiceUnavailable, glacier.Throttled) as exc:
-                if isinstance(exc, glacier.Unreachable):
-                    self.unreachable_until = time.time() + START_RETRY
+            except glacier.Unreachable as exc:
+                # No answer: the job may have started. Stay Initiating; the poll loop looks for
+                # it with ListJobs and starts it again only if Glacier has none.
+                self.unreachable_until = time.time() + START_RETRY
+                rec.status_message = f"no answer to InitiateJob ({exc.code}); checking " \
+                                     "whether the job started"
+                rec.next_poll = time.time() + min(self._interval(tier), START_RETRY)
+                self._save(rec)
+                self._signal(rec.archive_id)
+                return
+            except (glacier.ServiceUnavailable, glacier.Throttled) as exc:
                 self._requeue(rec, f"could not start the job ({exc.code}); will retry")
                 return
             except glacier.GlacierError as exc:
@@ -413,8 +424,7 @@ class Retrieval(DownloadOutcome):
                 continue
             job = jobs.get(rec.job_id)
             if job is None:
-                rec.next_poll = now + self._interval(rec.tier)
-                self._save(rec)
+                await self._job_missing(rec)
                 continue
             status = job.get("StatusCode")
             if status == "Succeeded":
@@ -436,6 +446,35 @@ class Retrieval(DownloadOutcome):
                 rec.next_poll = now + self._interval(rec.tier)
                 self._save(rec)
 
+    async def _job_missing(self, rec: JobRecord) -> None:
+        """Our job is not in ListJobs: if Glacier no longer knows it (its output expired while
+        we were not looking), request a new one; the verified chunks are kept."""
+        assert rec.job_id
+        try:
+            job: dict[str, Any] | None = await self.client.describe_job(rec.vault, rec.job_id)
+        except glacier.NotFound:
+            job = None
+        except glacier.GlacierError as exc:
+            log.info("DescribeJob %s failed: %s", rec.job_id[:16], exc)
+            rec.next_poll = time.time() + self._interval(rec.tier)
+            self._save(rec)
+            return
+        if job is not None:  # listed late; the next round sees it
+            rec.next_poll = time.time() + self._interval(rec.tier)
+            self._save(rec)
+            return
+        log.info("job %s for archive %s is gone (expired); requesting a new job",
+                 rec.job_id[:16], rec.archive_id[:16])
+        rec.state = QUEUED
+        rec.job_id = None
+        rec.requested_at = time.time()
+        rec.next_poll = None
+        rec.status_message = "the previous job expired before its output was downloaded; " \
+                             "a new job was requested (verified chunks kept)"
+        self._save(rec)
+        self._queue_wake.set()
+        self._signal(rec.archive_id)
+
     def _resolve_initiating(self, rec: JobRecord, candidates: list[dict[str, Any]]) -> None:
         """A record left in Initiating by a crash: adopt the job if Glacier has one."""
         since = datetime.fromtimestamp((rec.initiated_at or 0) - 600, UTC)
@@ -447,7 +486,10 @@ class Retrieval(DownloadOutcome):
                 rec.creation_date = job.get("CreationDate")
                 rec.completion_date = job.get("CompletionDate")
                 rec.next_poll = time.time() + self._interval(rec.tier)
+                rec.status_message = "adopted the job found in ListJobs (its start was not " \
+                                     "confirmed before)"
                 self._save(rec)
+                self.jobs.record_spend(rec.archive_id, rec.size)
                 log.info("found job %s started before a restart", rec.job_id[:16])
                 if rec.state == SUCCEEDED:
                     entry = self.entries.file_by_archive(rec.archive_id)
@@ -482,11 +524,11 @@ class Retrieval(DownloadOutcome):
         if missing and rec.job_id:
             self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, BACKGROUND)
 
-    async def output_expired(self, archive_id: str) -> None:
+    async def output_expired(self, archive_id: str, job_id: str | None = None) -> None:
         rec = self.records.get(archive_id)
+        if rec is None or rec.state != SUCCEEDED or (job_id and rec.job_id != job_id):
+            return  # a stale chunk task of an earlier job: the current one is unaffected
         self.downloader.cancel_archive(archive_id)
-        if rec is None or rec.state != SUCCEEDED:
-            return
         log.info("job output for archive %s expired; requesting a new job", archive_id[:16])
         rec.state = QUEUED
         rec.job_id = None
