@@ -1,0 +1,33 @@
+"""Run every benchmark in turn with its default sizes (pass ``--quick`` for small ones)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = {
+    "treehash.py": ["--size", "128M"],
+    "read_cached.py": ["--size", "128M", "--random-reads", "1000"],
+    "download.py": ["--size", "128M"],
+    "million.py": ["--count", "50000"],
+    "api_economy.py": ["--count", "200", "--rounds", "5"],
+}
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    failed = []
+    for name, quick_args in BENCHMARKS.items():
+        print(f"=== {name}", flush=True)
+        cmd = [sys.executable, str(HERE / name), *(quick_args if quick else [])]
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
