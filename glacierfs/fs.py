@@ -41,6 +41,9 @@ ATTR_TIMEOUT = 60.0
 BLOCK_SIZE = 128 * 1024
 XATTR_STABLE_FOR = 2.0  # getxattr's size probe and fetch must see the same value
 RESTORE_XATTR = "user.glacier.restore"
+# The kernel keeps a process name (/proc/PID/comm) to 15 bytes: "gnome-desktop-thumbnailer"
+# runs as "gnome-desktop-t". Names in retrieve_ignore are compared at that length.
+COMM_LEN = 15
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -100,6 +103,8 @@ class GlacierOperations(pyfuse3.Operations):
         self.uid = options.uid if options.uid is not None else os.getuid()
         self.gid = options.gid if options.gid is not None else os.getgid()
         self._open_files: dict[int, OpenFile] = {}
+        self._ignored_names = frozenset(n.encode()[:COMM_LEN].decode("utf-8", "ignore")
+                                        for n in options.retrieve_ignore)
         self._next_fh = 1
         self._xattr_memo: dict[tuple[int, bytes], tuple[float, bytes]] = {}
         self.mounted_at_ns = time.time_ns()  # the root's (and empty vaults') mtime
@@ -193,7 +198,7 @@ class GlacierOperations(pyfuse3.Operations):
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         may_start = self.options.retrieve == "auto" and \
-            _process_name(ctx.pid) not in self.options.retrieve_ignore
+            _process_name(ctx.pid) not in self._ignored_names
         fh = self._next_fh
         self._next_fh += 1
         self._open_files[fh] = OpenFile(entry, may_start)
