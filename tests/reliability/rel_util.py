@@ -345,13 +345,33 @@ def xattr(path: Path | str, name: str) -> str | None:
 
 
 def read_errno(path: Path | str) -> int | None:
-    """The errno of reading a file (None when it reads whole)."""
+    """The errno of reading a file (None when it reads whole). Plain ``os.read``: Python's
+    file objects turn EAGAIN into a ``None`` result."""
     try:
-        with open(path, "rb") as f:
-            f.read()
+        read_all(path)
     except OSError as exc:
         return exc.errno
     return None
+
+
+def read_all(path: Path | str, offset: int = 0, length: int | None = None) -> bytes:
+    """The bytes of a file through plain read(2) calls; raises OSError with the errno."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        left = length
+        pos = offset
+        while left is None or left > 0:
+            piece = os.pread(fd, 1 << 20 if left is None else min(left, 1 << 20), pos)
+            if not piece:
+                break
+            parts.append(piece)
+            pos += len(piece)
+            if left is not None:
+                left -= len(piece)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def poll_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
