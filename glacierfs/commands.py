@@ -274,4 +274,7 @@ def main(name: str, argv: list[str]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # ``glacierfs status | head``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     raise SystemExit(f"glacierfs: unknown command {name}")
