@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import pyfuse3
 
-from glacierfs import xattrs
+from glacierfs import status, xattrs
 from glacierfs.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
 from glacierfs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
@@ -41,6 +42,9 @@ ATTR_TIMEOUT = 60.0
 BLOCK_SIZE = 128 * 1024
 XATTR_STABLE_FOR = 2.0  # getxattr's size probe and fetch must see the same value
 RESTORE_XATTR = "user.glacier.restore"
+# The kernel refuses attribute values larger than this (XATTR_SIZE_MAX): getxattr fails with
+# E2BIG and ``glacierfs status`` sees no status at all.
+XATTR_SIZE_MAX = 65536
 # The kernel keeps a process name (/proc/PID/comm) to 15 bytes: "gnome-desktop-thumbnailer"
 # runs as "gnome-desktop-t". Names in retrieve_ignore are compared at that length.
 COMM_LEN = 15
@@ -226,8 +230,20 @@ class GlacierOperations(pyfuse3.Operations):
             info = self.ns.vault(entry.vault)
             return xattrs.vault_attributes(info) if info else {}
         if entry.inode == ROOT_INODE:
-            return xattrs.root_attributes(self.ns, self.retrieval, self.options)
+            return self._root_attributes()
         return {}
+
+    def _root_attributes(self) -> dict[str, str]:
+        """The status document, its job list shortened until it fits one xattr value (the
+        counts always cover every job): 1,000 queued requests must not hide the status."""
+        values = xattrs.root_attributes(self.ns, self.retrieval, self.options)
+        limit = xattrs.MAX_STATUS_JOBS
+        while len(values[xattrs.STATUS_XATTR].encode()) > XATTR_SIZE_MAX and limit > 0:
+            limit //= 2
+            doc = status.status_document(self.ns, self.retrieval, self.options, max_jobs=limit)
+            doc["jobs_truncated"] = True
+            values = {xattrs.STATUS_XATTR: json.dumps(doc, separators=(",", ":"))}
+        return values
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
