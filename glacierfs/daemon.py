@@ -185,6 +185,9 @@ def _run(opts: MountOptions, mountpoint: Path, ready: Callable[[], None],
         log.error("%s", exc)
         fail(str(exc))
         return EXIT_FAIL
+    except KeyboardInterrupt:  # Ctrl-C before the mount was live (afterwards it unmounts)
+        fail("interrupted before the mount was live")
+        return 130
     except Exception as exc:  # the one place an unexpected error becomes a clean exit
         log.exception("glacierfs stopped on an internal error")
         fail(f"internal error: {exc}")
