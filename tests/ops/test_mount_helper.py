@@ -54,7 +54,7 @@ def test_fstab_line(mounts: Mounts, helper: None, tmp_path: Path) -> None:
     mnt = mounts.mountpoint
     fstab = tmp_path / "fstab"
     opts = mounts.options("_netdev", "nofail", "noauto", "x-systemd.mount-timeout=30",
-                          "nodev", "nosuid", "noatime")
+                          "nodev", "nosuid", "noatime", "ro")
     fstab.write_text(f"# test\nus-east-1 {mnt} fuse.glacierfs {opts} 0 0\n")
     result = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)],
                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
@@ -66,6 +66,7 @@ def test_fstab_line(mounts: Mounts, helper: None, tmp_path: Path) -> None:
     assert "_netdev" not in given and "nofail" not in given    # mount.fuse3 drops them
     assert {"nodev", "nosuid"} <= set(given)
     assert listed(mnt / VAULT) == [".by-id", "a", "top.txt"]
+    os.setxattr(mnt / VAULT / "top.txt", "user.glacier.restore", b"Bulk")   # ro: still allowed
     _umount_and_wait(mnt)
 
 
