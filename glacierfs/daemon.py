@@ -124,7 +124,9 @@ def main(argv: list[str]) -> int:
 
     if opts.foreground:
         _setup_logging(opts, to_stderr=True)
-        return _run(opts, mountpoint, ready=lambda: None, fail=_print_failure)
+        # logs already go to stderr (unless log=FILE): the reason is not printed twice
+        fail = _print_failure if opts.log else (lambda message: None)
+        return _run(opts, mountpoint, ready=lambda: None, fail=fail)
     return _daemonize(opts, mountpoint)
 
 
