@@ -135,6 +135,7 @@ class SimHandler(BaseHTTPRequestHandler):
             if split.path.startswith("/_sim/"):
                 resp = control.handle(sim, req)
             else:
+                operation = "Unknown"
                 operation, fn, params = route(self.command, split.path)
                 vault = params[1] if len(params) > 1 else None
                 sim.stats.count(operation)

@@ -76,6 +76,8 @@ class Store:
         self.data_dir = Path(data_dir)
         for sub in ("archives", "uploads", "jobs", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (self.data_dir / "tmp").iterdir():  # half-received uploads of a crash
+            stale.unlink(missing_ok=True)
         self.db_path = self.data_dir / "glacier.sqlite3"
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)

@@ -29,6 +29,7 @@ def test_cli_round_trip(sim, tmp_path):
     data = bytes(range(256)) * (3 * MIB // 256) + b"cli tail"
     src = tmp_path / "in.bin"
     src.write_bytes(data)
+    sim.set_delays(Expedited=3600)  # finished only when the test says so (CLI starts slowly)
     aws(sim, "create-vault", "--account-id", "-", "--vault-name", "cli")
     up = aws(sim, "upload-archive", "--account-id", "-", "--vault-name", "cli",
              "--archive-description", "from the cli", "--body", str(src))
