@@ -135,13 +135,13 @@ def test_inventory_date_filters(sim, glacier, vault):
 
 
 def test_live_inventory_reflects_the_vault_at_completion(sim, glacier, vault):
-    sim.set_delays(inventory=0.5)
+    sim.set_delays(inventory=1.5)
     kept = upload(glacier, vault, b"k")
     gone = upload(glacier, vault, b"g")
     job_id = glacier.initiate_job(vaultName=vault,
                                   jobParameters={"Type": "inventory-retrieval"})["jobId"]
     glacier.delete_archive(vaultName=vault, archiveId=gone)
-    time.sleep(0.7)  # the job completes now, whether or not anyone asks
+    time.sleep(1.7)  # the job completes now, whether or not anyone asks
     upload(glacier, vault, b"too late")
     doc = json.loads(glacier.get_job_output(vaultName=vault, jobId=job_id)["body"].read())
     assert [a["ArchiveId"] for a in doc["ArchiveList"]] == [kept]

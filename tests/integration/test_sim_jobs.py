@@ -28,6 +28,7 @@ def retrieval(glacier, vault, archive, **params) -> str:
 
 
 def test_job_lifecycle_and_fields(sim, glacier, vault):
+    sim.set_delays(Expedited=2)  # room to see it InProgress on a loaded machine
     data = b"q" * (3 * MIB + 5)
     archive = upload(glacier, vault, data, "my file")
     out = glacier.initiate_job(vaultName=vault, jobParameters={
