@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 from collections.abc import Iterable, Iterator
 
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 BY_ID_DIR = ".by-id"
 INGEST_BATCH = 5000  # rows per executemany: large enough to amortise, small enough for flat memory
 _ENTRY_COLUMNS = ("inode, parent, name, kind, vault, archive_id, size, mtime_ns, tree_hash, "
-                  "creation_date, description")
+                  "creation_ns, description")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,20 @@ class Entry:
     size: int
     mtime_ns: int
     tree_hash: str | None
-    creation_date: str | None
+    creation_ns: int | None
     description: str | None
 
     @property
     def is_dir(self) -> bool:
         return self.kind != KIND_FILE
+
+    @property
+    def creation_date(self) -> str | None:
+        """Glacier's CreationDate as Glacier writes it (``2012-05-15T17:19:46.700Z``)."""
+        if self.creation_ns is None:
+            return None
+        when = _EPOCH + (self.creation_ns // 1000) * _MICROSECOND
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass(frozen=True)
@@ -75,18 +85,6 @@ class IngestResult:
 
 def _entry(row: tuple) -> Entry:  # type: ignore[type-arg]
     return Entry(*row)
-
-
-def iso_to_ns(text: str | None) -> int:
-    if not text:
-        return 0
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return 0
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1_000_000_000)
 
 
 class Namespace:
@@ -237,13 +235,18 @@ def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive], dirs: set[
             directory, name = "/".join(parts[:-1]), parts[-1]
         else:
             directory, name = "", names.archive_id_name(row.archive_id)
-        for i in range(1, len(parts)):
-            dirs.add("/".join(parts[:i]))
-        mtime = decoded.mtime or row.creation_date
-        created = row.creation_date.astimezone(UTC)
-        yield (row.archive_id, directory, name, row.size, int(mtime.timestamp() * 1e9),
-               row.tree_hash, created.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        if directory and directory not in dirs:  # most files share a directory seen before
+            for i in range(1, len(parts)):
+                dirs.add("/".join(parts[:i]))
+        created_ns = _to_ns(row.creation_date)
+        mtime_ns = _to_ns(decoded.mtime) if decoded.mtime else created_ns
+        yield (row.archive_id, directory, name, row.size, mtime_ns, row.tree_hash, created_ns,
                row.description)
+
+
+def _to_ns(when: datetime) -> int:
+    """Exact nanoseconds since the epoch (float timestamps lose sub-microsecond digits)."""
+    return (when - _EPOCH) // _MICROSECOND * 1000
 
 
 def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
@@ -264,7 +267,7 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
         vault_inode = _ensure_vault_entries(db, vault)
         db.execute("DROP TABLE IF EXISTS temp.staged")
         db.execute("CREATE TEMP TABLE staged (archive_id TEXT PRIMARY KEY, dir TEXT, name TEXT, "
-                   "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_date TEXT, "
+                   "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_ns INTEGER, "
                    "description TEXT)")
         staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs,
                                    folder_markers)
@@ -294,14 +297,14 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
                 (f"d:{vault}/{path}", parent_key, vault_inode, name, KIND_DIR, vault))
         db.execute(
             "INSERT INTO entries(key, parent, name, kind, vault, archive_id, size, mtime_ns, "
-            "tree_hash, creation_date, description) "
+            "tree_hash, creation_ns, description) "
             "SELECT 'f:' || ? || '/' || s.archive_id, "
             "CASE WHEN s.dir = '' THEN ? ELSE (SELECT inode FROM entries WHERE key = "
             "'d:' || ? || '/' || s.dir) END, s.name, ?, ?, s.archive_id, s.size, s.mtime_ns, "
-            "s.tree_hash, s.creation_date, s.description FROM temp.staged s WHERE true "
+            "s.tree_hash, s.creation_ns, s.description FROM temp.staged s WHERE true "
             "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
             "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
-            "creation_date = excluded.creation_date, description = excluded.description",
+            "creation_ns = excluded.creation_ns, description = excluded.description",
             (vault, vault_inode, vault, KIND_FILE, vault))
         db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
                    (vault, KIND_DIR, KIND_FILE))
@@ -362,7 +365,7 @@ def _resolve_name_clashes(db: sqlite3.Connection, dirs: set[str]) -> None:
                                       "HAVING count(*) > 1").fetchall():
         members = db.execute(
             "SELECT archive_id FROM temp.staged WHERE dir = ? AND name = ? "
-            "ORDER BY creation_date DESC, archive_id", (directory, name)).fetchall()
+            "ORDER BY creation_ns DESC, archive_id", (directory, name)).fetchall()
         for (archive_id,) in members[1:]:
             rename(archive_id, directory, name)
     db.execute("DROP TABLE temp.staged_dirs")

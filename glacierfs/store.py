@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 ROOT_INODE = 1  # pyfuse3.ROOT_INODE, repeated here so this module needs no FUSE
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
 
 KIND_DIR = 0
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS entries (
     size INTEGER NOT NULL DEFAULT 0,
     mtime_ns INTEGER NOT NULL DEFAULT 0,
     tree_hash TEXT,
-    creation_date TEXT,
+    creation_ns INTEGER,              -- Glacier's CreationDate, ns since the epoch (UTC)
     description TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_by_name ON entries(parent, name);

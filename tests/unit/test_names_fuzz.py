@@ -5,6 +5,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from glacierfs import names
+
 from glacierfs.names import (
     MAX_NAME_BYTES,
     RESERVED_ROOT_NAMES,
@@ -155,3 +157,12 @@ def test_a_vault_of_any_descriptions_gets_unique_safe_paths(rows):
         assert parts not in taken
         assert_safe_parts(parts)
         taken.add(parts)
+
+
+_SIMPLE_COMPONENT = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.,+=@~-]{0,30}", fullmatch=True)
+
+
+@given(st.lists(_SIMPLE_COMPONENT, min_size=1, max_size=70))
+def test_fast_path_for_plain_paths_agrees_with_the_general_decoder(components):
+    text = "/".join(components)
+    assert names.decode_description(text) == names._decode_general(text)
