@@ -99,6 +99,7 @@ class Retrieval(DownloadOutcome):
         self._poll_rounds: dict[str, int] = {}  # per vault: picks the rounds that list all jobs
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
+        self._starting: set[str] = set()  # archives whose InitiateJob call is in flight now
         self.unreachable_until = 0.0
 
     # --- queries (for xattrs and status) --------------------------------------------------
@@ -185,8 +186,13 @@ class Retrieval(DownloadOutcome):
         tier = rec.tier
         while True:
             try:
-                job_id = await self.client.initiate_archive_retrieval(
-                    rec.vault, rec.archive_id, tier, f"{OUR_DESCRIPTION} {rec.archive_id[:40]}")
+                self._starting.add(rec.archive_id)
+                try:
+                    job_id = await self.client.initiate_archive_retrieval(
+                        rec.vault, rec.archive_id, tier,
+                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}")
+                finally:
+                    self._starting.discard(rec.archive_id)
                 break
             except glacier.InsufficientCapacity:
                 if tier == "Expedited" and self.options.expedited_fallback:
@@ -418,7 +424,8 @@ class Retrieval(DownloadOutcome):
         now = time.time()
         for rec in [r for r in self.records.values() if r.vault == vault]:
             if rec.state == INITIATING:
-                self._resolve_initiating(rec, by_archive.get(rec.archive_id, []))
+                if rec.archive_id not in self._starting:  # left by a crash or a lost answer
+                    self._resolve_initiating(rec, by_archive.get(rec.archive_id, []))
                 continue
             if rec.state != IN_PROGRESS or not rec.job_id:
                 continue
