@@ -23,6 +23,8 @@ from pathlib import Path
 
 import common
 
+from glacierfs.options import state_dir_for
+
 VAULT = "million"
 BIG = "big"
 PER_DIR = 1000
@@ -120,7 +122,7 @@ def run(sim, work: Path, mnt: Path, tmpfs: Path, count: int, repeat: int) -> lis
           f"{time.perf_counter() - t:.1f} s", flush=True)
 
     cache = work / "cache"
-    state = cache / "-@us-east-1"
+    state = state_dir_for(cache, "us-east-1", sim.url)
     out = subprocess.run([sys.executable, "-c", INGEST, str(state), VAULT, str(inventory)],
                          check=True, capture_output=True, text=True, cwd=common.REPO)
     ingest = json.loads(out.stdout.strip().splitlines()[-1])

@@ -83,20 +83,27 @@ def _stale_message(path: Path) -> str:
             f"connected); run: fusermount3 -u {path}  (or umount -l {path})")
 
 
+def _private_file_handler(path: Path) -> logging.FileHandler:
+    """Logs name archives and vaults: readable by the mounting user only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    return logging.FileHandler(path)
+
+
 def _setup_logging(opts: MountOptions, to_stderr: bool) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     level = logging.DEBUG if opts.debug else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if opts.log:
-        handler: logging.Handler = logging.FileHandler(opts.log)
+        handler: logging.Handler = _private_file_handler(opts.log)
     elif to_stderr:
         handler = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         fmt = "glacierfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
     else:
-        handler = logging.FileHandler(opts.state_dir / "glacierfs.log")
+        handler = _private_file_handler(opts.state_dir / "glacierfs.log")
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)

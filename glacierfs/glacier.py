@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import collections
 import functools
-import ipaddress
 import logging
 import random
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 from collections.abc import Callable
@@ -27,6 +25,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import trio
+
+from glacierfs.options import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +144,6 @@ def translate(exc: BaseException) -> GlacierError:
     if isinstance(exc, OSError):
         return Unreachable("ConnectionError", str(exc) or type(exc).__name__)
     raise exc
-
-
-def is_loopback_url(url: str | None) -> bool:
-    if not url:
-        return False
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

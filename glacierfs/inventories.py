@@ -125,7 +125,7 @@ class Inventories:
                              inventory_message=None if chosen["StatusCode"] == "Succeeded" else
                              "an inventory retrieval job is running (Glacier takes hours); "
                              "the directory fills when it completes")
-        interval = self.options.poll or INVENTORY_POLL
+        interval = self.options.poll_interval or INVENTORY_POLL
         while chosen.get("StatusCode") == "InProgress":
             await trio.sleep(interval)
             chosen = await self.client.describe_job(vault, job_id)

@@ -8,8 +8,10 @@ refused, so a typo never silently changes what a mount costs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +41,21 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNOREC
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT_RE = re.compile(r"^(-|\d{12})$")
+
+
+LOCAL_POLL = 2.0
+
+
+def is_loopback_url(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class OptionError(ValueError):
@@ -113,8 +130,27 @@ class MountOptions:
 
     @property
     def state_dir(self) -> Path:
-        """One folder per account and region: two mounts of different accounts never mix."""
-        return self.cache_dir / f"{self.account_id}@{self.region}"
+        return state_dir_for(self.cache_dir, self.region, self.endpoint_url, self.account_id)
+
+    @property
+    def poll_interval(self) -> float | None:
+        """``poll`` if given; 2 s for a loopback endpoint (an emulator or a local proxy, where
+        jobs finish in seconds); otherwise None: the tier decides."""
+        if self.poll:
+            return self.poll
+        return LOCAL_POLL if is_loopback_url(self.endpoint_url) else None
+
+
+def state_dir_for(cache_dir: Path, region: str, endpoint_url: str | None = None,
+                  account_id: str = "-") -> Path:
+    """One folder per account, region and endpoint: two mounts of different accounts, or of
+    an emulator and AWS, never mix vault lists, inventories or jobs."""
+    name = f"{account_id}@{region}"
+    if endpoint_url:
+        parts = urllib.parse.urlsplit(endpoint_url)
+        where = f"{parts.hostname or ''}_{parts.port or ''}{parts.path.rstrip('/')}"
+        name += "@" + re.sub(r"[^A-Za-z0-9.-]+", "_", where).strip("_")
+    return Path(cache_dir) / name
 
 
 def parse_source(source: str) -> tuple[str | None, str]:

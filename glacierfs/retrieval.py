@@ -566,10 +566,10 @@ class Retrieval(DownloadOutcome):
 
     # --- helpers ------------------------------------------------------------------------------
     def _interval(self, tier: str) -> float:
-        return self.options.poll if self.options.poll else POLL_INTERVAL.get(tier, 900.0)
+        return self.options.poll_interval or POLL_INTERVAL.get(tier, 900.0)
 
     def _first_poll_delay(self, tier: str) -> float:
-        return self.options.poll if self.options.poll else EARLIEST_DONE.get(tier, 3600.0)
+        return self.options.poll_interval or EARLIEST_DONE.get(tier, 3600.0)
 
     def _save(self, rec: JobRecord) -> None:
         self.records[rec.archive_id] = rec

@@ -16,6 +16,7 @@ from ops_support import (FAST_SIM, VAULT, Mounts, daemon_pids, is_mounted, liste
                          mount_fstype, pid_alive, wait_for)
 
 from glacierfs.sim.testing import SimProcess
+from glacierfs.options import state_dir_for
 
 pytestmark = pytest.mark.sim_args(*FAST_SIM)
 
@@ -193,7 +194,7 @@ def test_background_without_log_option(mounts: Mounts) -> None:
     if os.path.exists("/dev/log"):
         pytest.skip("a syslog socket exists: messages go to the system log")
     mounts.mount()
-    state_log = mounts.cache_dir / "-@us-east-1" / "glacierfs.log"
+    state_log = state_dir_for(mounts.cache_dir, "us-east-1", mounts.sim.url) / "glacierfs.log"
     assert wait_for(lambda: state_log.exists() and "mounted" in state_log.read_text())
 
 

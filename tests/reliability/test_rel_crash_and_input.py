@@ -21,6 +21,7 @@ from rel_util import (MIB, compare, core, count_duplicate_jobs, inventory_docume
                       mounted, options, poll_until, read_all, seed_state, upload)
 
 from glacierfs.jobstore import INITIATING, JobRecord, JobStore
+from glacierfs.options import state_dir_for
 from glacierfs.store import Store
 
 pytestmark = pytest.mark.sim_args("--delay", "Standard=0.3", "--seed", "9")
@@ -138,7 +139,7 @@ INVENTORIES = {
 @pytest.mark.usefixtures("needs_fuse")
 def test_hostile_inventories_give_a_browsable_tree_and_nothing_outside(sim, tmp_path):
     cache = tmp_path / "cache"
-    state = cache / "-@us-east-1"
+    state = state_dir_for(cache, "us-east-1", sim.url)
     for vault in INVENTORIES:  # the vaults exist; their stored inventories are what is hostile
         sim.client().create_vault(vaultName=vault)
     outcomes = {}
@@ -242,9 +243,12 @@ def test_inventory_parser_never_crashes_under_fuzzing():
     check()
 
 
-def test_compare_counts_wrong_bytes():
+def test_compare_counts_wrong_bytes(monkeypatch):
+    import rel_util
+    monkeypatch.setattr(rel_util, "TALLY", dict(rel_util.TALLY))  # keep the real tally clean
     with pytest.raises(AssertionError):
         compare(b"abd", b"abc")
+    assert rel_util.TALLY["bad_bytes_served"] >= 1
     compare(b"bc", b"abc", 1)
 
 

@@ -20,11 +20,12 @@ from rel_util import (MIB, compare, count, count_duplicate_jobs, count_faults, d
                       mount_env, mount_options, mounted, payload, poll_until, read_all, read_errno,
                       seed_state, unverified_files, upload, xattr)
 
+from glacierfs.options import state_dir_for
+
 pytestmark = [pytest.mark.usefixtures("needs_fuse"),
               pytest.mark.sim_args("--delay", "Standard=0.5", "--delay", "Expedited=0.2",
                                    "--seed", "3")]
 
-STATE = "-@us-east-1"
 
 
 def _setup(sim, tmp_path: Path, sizes: list[int], vault: str = "v"):
@@ -33,7 +34,7 @@ def _setup(sim, tmp_path: Path, sizes: list[int], vault: str = "v"):
     archives = [upload(client, vault, size, seed=200 + i, description=f"dir/file{i}.bin")
                 for i, size in enumerate(sizes)]
     cache = tmp_path / "cache"
-    seed_state(cache / STATE, vault, archives)
+    seed_state(state_dir_for(cache, "us-east-1", sim.url), vault, archives)
     return archives, cache, tmp_path / "mnt"
 
 
@@ -89,7 +90,7 @@ def test_failed_job_policy_and_corruption_give_eio_with_reason(sim, tmp_path):
         assert xattr(_path(mnt, 2), "user.glacier.cache.bytes") == "0"
         count_faults(sim)
         sim.clear_faults()
-    assert unverified_files(cache / STATE / "chunks", [a, b, c]) == []
+    assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [a, b, c]) == []
     assert count_duplicate_jobs(sim.client(), "v") == 0
 
 
@@ -106,14 +107,14 @@ def test_kill9_during_download_then_remount_resumes(sim, tmp_path):
     count_faults(sim)
     sim.clear_faults()
     sent_before = sim.stats()["bytes_sent"]
-    assert unverified_files(cache / STATE / "chunks", [a]) == []
+    assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [a]) == []
     with mounted(mnt, opts):
         _read_when_ready(_path(mnt, 0), a.data)
     stats = sim.stats()
     assert stats["requests"]["InitiateJob"] == 1  # the job survived the crash
     resumed = stats["bytes_sent"] - sent_before
     assert resumed <= a.size - 3 * MIB + MIB  # at most the chunk in flight is fetched again
-    assert unverified_files(cache / STATE / "chunks", [a]) == []
+    assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [a]) == []
 
 
 def test_endpoint_down_at_mount_time(sim, tmp_path):
@@ -155,10 +156,10 @@ def test_crawlers_start_no_retrieval(sim, tmp_path):
 
 def test_cache_dir_and_files_are_private(sim, tmp_path):
     (a,), cache, mnt = _setup(sim, tmp_path, [3 * MIB])
-    os.chmod(cache / STATE, 0o755)
+    os.chmod(state_dir_for(cache, "us-east-1", sim.url), 0o755)
     with mounted(mnt, mount_options(sim, cache)):
         _read_when_ready(_path(mnt, 0), a.data)
-    for root, dirs, files in os.walk(cache / STATE):
+    for root, dirs, files in os.walk(state_dir_for(cache, "us-east-1", sim.url)):
         for d in dirs:
             mode = stat.S_IMODE(os.stat(Path(root) / d).st_mode)
             assert mode == 0o700, f"{root}/{d}: {oct(mode)}"
@@ -169,12 +170,12 @@ def test_cache_dir_and_files_are_private(sim, tmp_path):
                 continue
             mode = stat.S_IMODE(os.stat(Path(root) / f).st_mode)
             assert mode & 0o077 == 0, f"{root}/{f}: {oct(mode)}"
-    assert stat.S_IMODE(os.stat(cache / STATE).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(state_dir_for(cache, "us-east-1", sim.url)).st_mode) == 0o700
 
 
 def test_cache_dir_owned_by_someone_else_is_refused(sim, tmp_path):
     _, cache, mnt = _setup(sim, tmp_path, [MIB])
-    os.chown(cache / STATE, 4242, 4242)
+    os.chown(state_dir_for(cache, "us-east-1", sim.url), 4242, 4242)
     mnt.mkdir()
     proc = subprocess.run([sys.executable, "-m", "glacierfs.cli", "us-east-1", str(mnt), "-o",
                            mount_options(sim, cache)], capture_output=True, text=True,
@@ -240,27 +241,29 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
                    check=True)
     mnt = tmp_path / "mnt"
     try:
-        seed_state(cache / STATE, "v", [big])
+        seed_state(state_dir_for(cache, "us-east-1", sim.url), "v", [big])
         opts = mount_options(sim, cache, cache_size="1G", downloads="2")
         with mounted(mnt, opts):
             assert read_errno(_path(mnt, 0)) == errno.EAGAIN
 
             def enospc() -> bool:
-                try:
-                    read_all(_path(mnt, 0), 11 * MIB, 4096)
-                except OSError as exc:
-                    assert exc.errno in (errno.EAGAIN, errno.ENOSPC), exc
-                    return exc.errno == errno.ENOSPC
+                for chunk in range(11, -1, -1):  # some chunk is not cached: it cannot fit
+                    try:
+                        read_all(_path(mnt, 0), chunk * MIB, 4096)
+                    except OSError as exc:
+                        assert exc.errno in (errno.EAGAIN, errno.ENOSPC), exc
+                        if exc.errno == errno.ENOSPC:
+                            return True
                 return False
 
             poll_until(enospc, timeout=60, interval=0.3, what="ENOSPC")
-            assert unverified_files(cache / STATE / "chunks", [big]) == []
+            assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [big]) == []
             # Cached chunks still read exact while the disk is full.
             compare(read_all(_path(mnt, 0), 0, MIB), big.data)
             subprocess.run(["mount", "-o", "remount,size=64m", str(cache)], check=True)
             _read_when_ready(_path(mnt, 0), big.data, timeout=90)
         assert _initiates(sim) == 1
-        assert unverified_files(cache / STATE / "chunks", [big]) == []
+        assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [big]) == []
     finally:
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 

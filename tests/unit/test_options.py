@@ -25,7 +25,7 @@ def test_full_option_line():
     assert o.endpoint_url == "http://127.0.0.1:9000" and o.profile == "backup"
     assert o.vaults == ("a", "b")
     assert o.cache_dir == Path("/tmp/gc")
-    assert o.state_dir == Path("/tmp/gc/123456789012@us-west-2")
+    assert o.state_dir == Path("/tmp/gc/123456789012@us-west-2@127.0.0.1_9000")
     assert o.cache_size == 50 * 1024 ** 3
     assert o.tier == "Bulk" and o.retrieve == "manual"
     assert o.wait == 30 and o.poll == 120
@@ -66,3 +66,19 @@ def test_sizes():
     assert parse_size("1.5G", "x") == int(1.5 * 1024 ** 3)
     assert parse_size("2TiB", "x") == 2 * 1024 ** 4
     assert parse_size("4096", "x") == 4096
+
+
+def test_state_is_kept_apart_per_endpoint():
+    aws = parse_options("us-east-1", [])
+    emu = parse_options("us-east-1", ["endpoint_url=http://127.0.0.1:7380"])
+    other = parse_options("us-east-1", ["endpoint_url=http://127.0.0.1:7381"])
+    assert len({aws.state_dir, emu.state_dir, other.state_dir}) == 3
+    assert aws.state_dir.name == "-@us-east-1"
+    assert "/" not in emu.state_dir.name
+
+
+def test_poll_default_is_short_only_for_a_local_endpoint():
+    assert parse_options("us-east-1", []).poll_interval is None
+    assert parse_options("us-east-1", ["endpoint_url=https://glacier.example.com"]).poll_interval is None
+    assert parse_options("us-east-1", ["endpoint_url=http://localhost:9"]).poll_interval == 2.0
+    assert parse_options("us-east-1", ["endpoint_url=http://127.0.0.1:9,poll=30"]).poll_interval == 30
