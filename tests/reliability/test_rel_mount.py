@@ -164,10 +164,6 @@ def test_cache_dir_and_files_are_private(sim, tmp_path):
             mode = stat.S_IMODE(os.stat(Path(root) / d).st_mode)
             assert mode == 0o700, f"{root}/{d}: {oct(mode)}"
         for f in files:
-            if f == "glacierfs.log":
-                # The daemon's fallback log (daemon.py, no log= and no syslog) is created with
-                # the process umask; it is still private through the 0700 directory.
-                continue
             mode = stat.S_IMODE(os.stat(Path(root) / f).st_mode)
             assert mode & 0o077 == 0, f"{root}/{f}: {oct(mode)}"
     assert stat.S_IMODE(os.stat(state_dir_for(cache, "us-east-1", sim.url)).st_mode) == 0o700
