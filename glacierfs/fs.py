@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 60.0   # names and sizes change only with a new inventory
 ATTR_TIMEOUT = 60.0
 BLOCK_SIZE = 128 * 1024
-XATTR_STABLE_FOR = 2.0  # getxattr's size probe and fetch must see the same value
+XATTR_STABLE_FOR = 1.0  # getxattr's size probe and fetch must see the same value
 RESTORE_XATTR = "user.glacier.restore"
 # The kernel refuses attribute values larger than this (XATTR_SIZE_MAX): getxattr fails with
 # E2BIG and ``glacierfs status`` sees no status at all.
