@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from glacierfs import inventory as inventory_mod
 from glacierfs import names
@@ -209,37 +209,45 @@ class Namespace:
 
 def _ensure_vault_entries(db: sqlite3.Connection, vault: str) -> int:
     db.execute("INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, ?, ?, ?, ?) "
-               "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name",
+               "ON CONFLICT(key) WHERE key IS NOT NULL "
+               "DO UPDATE SET parent = excluded.parent, name = excluded.name",
                (f"v:{vault}", ROOT_INODE, vault, KIND_VAULT, vault))
     vault_inode = db.execute("SELECT inode FROM entries WHERE key = ?",
                              (f"v:{vault}",)).fetchone()[0]
     db.execute("INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, ?, ?, ?, ?) "
-               "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent",
+               "ON CONFLICT(key) WHERE key IS NOT NULL DO UPDATE SET parent = excluded.parent",
                (f"b:{vault}", vault_inode, BY_ID_DIR, KIND_BY_ID, vault))
     return int(vault_inode)
 
 
 # --- ingest ---------------------------------------------------------------------------------
 
-def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive], dirs: set[str],
+def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive], dirs: dict[str, int],
                       folder_markers: set[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
+    """Rows for the staging table; fills ``dirs`` (every directory path → the newest mtime of
+    the files directly in it) and ``folder_markers`` on the way."""
     for row in rows:
         decoded = names.decode_description(row.description)
         parts = decoded.parts
         if decoded.is_folder:
             folder_markers.add(row.archive_id)
             for i in range(1, len(parts) + 1):
-                dirs.add("/".join(parts[:i]))
+                dirs.setdefault("/".join(parts[:i]), 0)
             continue
         if parts:
             directory, name = "/".join(parts[:-1]), parts[-1]
         else:
             directory, name = "", names.archive_id_name(row.archive_id)
-        if directory and directory not in dirs:  # most files share a directory seen before
-            for i in range(1, len(parts)):
-                dirs.add("/".join(parts[:i]))
         created_ns = _to_ns(row.creation_date)
         mtime_ns = _to_ns(decoded.mtime) if decoded.mtime else created_ns
+        if directory:
+            newest = dirs.get(directory)
+            if newest is None:  # a new directory: its parents may be new too
+                for i in range(1, len(parts) - 1):
+                    dirs.setdefault("/".join(parts[:i]), 0)
+                dirs[directory] = mtime_ns
+            elif mtime_ns > newest:
+                dirs[directory] = mtime_ns
         yield (row.archive_id, directory, name, row.size, mtime_ns, row.tree_hash, created_ns,
                row.description)
 
@@ -261,17 +269,19 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
     report = inventory_mod.InventoryReport(vault_arn=None, inventory_date=None, rows_ok=0,
                                            rows_skipped=0, problems=[], truncated=False)
     db = store.db
-    dirs: set[str] = set()
+    dirs: dict[str, int] = {}
     folder_markers: set[str] = set()  # archives shown as directories still count as archives
     with store.transaction():
         vault_inode = _ensure_vault_entries(db, vault)
         db.execute("DROP TABLE IF EXISTS temp.staged")
-        db.execute("CREATE TEMP TABLE staged (archive_id TEXT PRIMARY KEY, dir TEXT, name TEXT, "
+        db.execute("CREATE TEMP TABLE staged (archive_id TEXT, dir TEXT, name TEXT, "
                    "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_ns INTEGER, "
                    "description TEXT)")
         staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs,
                                    folder_markers)
-        insert = ("INSERT OR REPLACE INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        # No index while loading (random-order index inserts dominated); indexes are built
+        # by sorting afterwards, and duplicate archive ids resolved then.
+        insert = "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         batch: list[tuple] = []  # type: ignore[type-arg]
         for item in staged:
             batch.append(item)
@@ -280,6 +290,8 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
                 batch.clear()
         if batch:
             db.executemany(insert, batch)
+        db.execute("CREATE INDEX temp.staged_id ON staged(archive_id)")
+        _drop_duplicate_ids(db)
         db.execute("CREATE INDEX temp.staged_name ON staged(dir, name)")
         _resolve_name_clashes(db, dirs)
 
@@ -293,27 +305,35 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
             db.execute(
                 "INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, "
                 "COALESCE((SELECT inode FROM entries WHERE key = ?), ?), ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name",
+                "ON CONFLICT(key) WHERE key IS NOT NULL "
+                "DO UPDATE SET parent = excluded.parent, name = excluded.name",
                 (f"d:{vault}/{path}", parent_key, vault_inode, name, KIND_DIR, vault))
         db.execute(
-            "INSERT INTO entries(key, parent, name, kind, vault, archive_id, size, mtime_ns, "
+            "INSERT INTO entries(parent, name, kind, vault, archive_id, size, mtime_ns, "
             "tree_hash, creation_ns, description) "
-            "SELECT 'f:' || ? || '/' || s.archive_id, "
-            "CASE WHEN s.dir = '' THEN ? ELSE (SELECT inode FROM entries WHERE key = "
+            "SELECT CASE WHEN s.dir = '' THEN ? ELSE (SELECT inode FROM entries WHERE key = "
             "'d:' || ? || '/' || s.dir) END, s.name, ?, ?, s.archive_id, s.size, s.mtime_ns, "
-            "s.tree_hash, s.creation_ns, s.description FROM temp.staged s WHERE true "
-            "ON CONFLICT(key) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+            "s.tree_hash, s.creation_ns, s.description FROM temp.staged s "
+            "ORDER BY s.archive_id "  # the file index grows at its end: no random page writes
+            "ON CONFLICT(archive_id, vault) WHERE archive_id IS NOT NULL "
+            "DO UPDATE SET parent = excluded.parent, name = excluded.name, "
             "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
             "creation_ns = excluded.creation_ns, description = excluded.description",
-            (vault, vault_inode, vault, KIND_FILE, vault))
+            (vault_inode, vault, KIND_FILE, vault))
         db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
                    (vault, KIND_DIR, KIND_FILE))
-        # A directory's mtime is its newest member's, deepest first so it rolls upwards.
-        dir_keys = [f"d:{vault}/{p}" for p in sorted(dirs, key=lambda p: -p.count("/"))]
-        db.executemany(
-            "UPDATE entries SET mtime_ns = (SELECT COALESCE(MAX(c.mtime_ns), 0) FROM entries c "
-            "WHERE c.parent = entries.inode) WHERE key = ?",
-            [(k,) for k in dir_keys + [f"v:{vault}"]])
+        # A directory's mtime is its newest member's: rolled up from the deepest level.
+        vault_mtime = db.execute("SELECT COALESCE(MAX(mtime_ns), 0) FROM temp.staged "
+                                 "WHERE dir = ''").fetchone()[0]
+        for path in sorted(dirs, key=lambda p: -p.count("/")):
+            head = path.rpartition("/")[0]
+            if head:
+                dirs[head] = max(dirs[head], dirs[path])
+            else:
+                vault_mtime = max(vault_mtime, dirs[path])
+        db.executemany("UPDATE entries SET mtime_ns = ? WHERE key = ?",
+                       [(t, f"d:{vault}/{p}") for p, t in dirs.items()])
+        db.execute("UPDATE entries SET mtime_ns = ? WHERE key = ?", (vault_mtime, f"v:{vault}"))
         count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0] + len(folder_markers)
         inv_date = report.inventory_date.strftime("%Y-%m-%dT%H:%M:%SZ") \
             if report.inventory_date else None
@@ -336,7 +356,15 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
                         inv_date)
 
 
-def _resolve_name_clashes(db: sqlite3.Connection, dirs: set[str]) -> None:
+def _drop_duplicate_ids(db: sqlite3.Connection) -> None:
+    """An archive listed twice keeps its last row (the inventory's latest word on it)."""
+    for (archive_id,) in db.execute("SELECT archive_id FROM temp.staged GROUP BY archive_id "
+                                    "HAVING count(*) > 1").fetchall():
+        db.execute("DELETE FROM temp.staged WHERE archive_id = ? AND rowid < (SELECT MAX(rowid) "
+                   "FROM temp.staged WHERE archive_id = ?)", (archive_id, archive_id))
+
+
+def _resolve_name_clashes(db: sqlite3.Connection, dirs: Collection[str]) -> None:
     """Give every staged file a name unique in its directory (deterministically)."""
     db.execute("CREATE TEMP TABLE staged_dirs (path TEXT PRIMARY KEY)")
     db.executemany("INSERT INTO temp.staged_dirs VALUES (?)", ((d,) for d in dirs))

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 ROOT_INODE = 1  # pyfuse3.ROOT_INODE, repeated here so this module needs no FUSE
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
 
 KIND_DIR = 0
@@ -31,7 +31,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS entries (
     inode INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,         -- stable identity: v:VAULT, b:VAULT, d:VAULT/PATH, f:VAULT/ARCHIVE_ID
+    key TEXT,                         -- stable identity of a directory: v:VAULT, b:VAULT, d:VAULT/PATH
+                                      -- (a file's is its archive id and vault: NULL here)
     parent INTEGER NOT NULL,
     name TEXT NOT NULL,
     kind INTEGER NOT NULL,
@@ -43,10 +44,12 @@ CREATE TABLE IF NOT EXISTS entries (
     creation_ns INTEGER,              -- Glacier's CreationDate, ns since the epoch (UTC)
     description TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS entries_key ON entries(key) WHERE key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS entries_by_name ON entries(parent, name);
 CREATE INDEX IF NOT EXISTS entries_by_parent ON entries(parent, inode);
 CREATE INDEX IF NOT EXISTS entries_by_archive ON entries(vault, kind, inode);
-CREATE INDEX IF NOT EXISTS entries_archive_id ON entries(archive_id) WHERE archive_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS entries_file ON entries(archive_id, vault)
+    WHERE archive_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS vaults (
     name TEXT PRIMARY KEY,
     arn TEXT,
