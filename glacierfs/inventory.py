@@ -58,6 +58,7 @@ _NEAR_END = 16
 
 _ARCHIVE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _TREE_HASH = re.compile(r"[0-9a-fA-F]{64}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _WS = re.compile(r"[ \t\r\n]*")
 _STRUCTURAL = re.compile(r'[\[\]{}"]')
@@ -147,7 +148,13 @@ def _make_row(report: InventoryReport, archive_id: object, description: object,
     elif not isinstance(description, str):
         _skip(report, f"archive {archive_id[:20]}: bad ArchiveDescription {_short(description)}")
         return None
-    elif len(description) > MAX_DESCRIPTION_CHARS:
+    elif not description.isascii() and _LONE_SURROGATE.search(description):
+        # JSON may carry "\ud800": no UTF-8 store can hold it. Pairs are joined, halves
+        # become U+FFFD, and the row stays (one bad character must not sink an inventory).
+        description = description.encode("utf-16-le", "surrogatepass").decode(
+            "utf-16-le", "replace")
+        _problem(report, f"archive {archive_id[:20]}: description had lone surrogates")
+    if len(description) > MAX_DESCRIPTION_CHARS:
         _problem(report, f"archive {archive_id[:20]}: description of {len(description)} "
                          f"characters cut to {MAX_DESCRIPTION_CHARS}")
         description = description[:MAX_DESCRIPTION_CHARS]
