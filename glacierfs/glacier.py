@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
 from collections.abc import Callable
 
@@ -144,6 +145,16 @@ def translate(exc: BaseException) -> GlacierError:
     if isinstance(exc, OSError):
         return Unreachable("ConnectionError", str(exc) or type(exc).__name__)
     raise exc
+
+
+def parse_date(text: str | None) -> datetime | None:
+    """A date from a Glacier answer (``2012-05-15T17:19:46.700Z``), or None if absent or bad."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -42,15 +42,6 @@ def _is_full_inventory(job: dict[str, Any]) -> bool:
     return not any(params.get(k) for k in ("StartDate", "EndDate", "Limit", "Marker"))
 
 
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 class Inventories:
     def __init__(self, namespace: Namespace, client: glacier.AsyncGlacier, options: MountOptions,
                  nursery: trio.Nursery, on_change: Callable[[str], None] = lambda v: None) -> None:
@@ -93,7 +84,7 @@ class Inventories:
 
     async def _fetch_inner(self, vault: str) -> None:
         info = self.ns.vault(vault)
-        have_date = _parse(info.inventory_date) if info else None
+        have_date = glacier.parse_date(info.inventory_date) if info else None
         jobs = await self.client.list_jobs(vault)
         inventory_jobs = [j for j in jobs if j.get("Action") == "InventoryRetrieval"
                           and _is_full_inventory(j) and j.get("StatusCode") != "Failed"]
@@ -102,7 +93,7 @@ class Inventories:
         chosen: dict[str, Any] | None = None
         for job in inventory_jobs:
             if job.get("StatusCode") == "Succeeded":
-                done = _parse(job.get("CompletionDate"))
+                done = glacier.parse_date(job.get("CompletionDate"))
                 if done is None or (now - done).total_seconds() > OUTPUT_LIFETIME - 600:
                     continue
                 if info and job.get("JobId") == info.inventory_job_id and have_date:
@@ -112,7 +103,7 @@ class Inventories:
         if chosen is None:
             if have_date is not None:
                 described = await self.client.describe_vault(vault)
-                last = _parse(described.get("LastInventoryDate"))
+                last = glacier.parse_date(described.get("LastInventoryDate"))
                 self.ns.update_vault(vault, last_inventory_date=described.get("LastInventoryDate"))
                 if last is None or last <= have_date:
                     self.ns.update_vault(vault, inventory_loaded_at=time.time())

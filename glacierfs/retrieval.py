@@ -73,15 +73,6 @@ def _utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _parse_date(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 class Retrieval(DownloadOutcome):
     def __init__(self, jobstore: JobStore, client: glacier.AsyncGlacier, cache: ChunkCache,
                  options: MountOptions, entries: ArchiveLookup) -> None:
@@ -275,7 +266,7 @@ class Retrieval(DownloadOutcome):
             if status == "Failed":
                 continue
             if status == "Succeeded":
-                done = _parse_date(job.get("CompletionDate"))
+                done = glacier.parse_date(job.get("CompletionDate"))
                 if done is None or datetime.now(UTC) - done > \
                         timedelta(seconds=OUTPUT_LIFETIME - 3600):
                     continue
@@ -486,7 +477,7 @@ class Retrieval(DownloadOutcome):
         """A record left in Initiating by a crash: adopt the job if Glacier has one."""
         since = datetime.fromtimestamp((rec.initiated_at or 0) - 600, UTC)
         for job in sorted(candidates, key=lambda j: j.get("CreationDate") or "", reverse=True):
-            created = _parse_date(job.get("CreationDate"))
+            created = glacier.parse_date(job.get("CreationDate"))
             if created is not None and created >= since and job.get("StatusCode") != "Failed":
                 rec.state = str(job["StatusCode"])
                 rec.job_id = str(job["JobId"])
