@@ -47,6 +47,7 @@ START_RETRY = 60.0           # a job that could not be started (throttled, endpo
 # jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
 FULL_LISTING_EVERY = 10
 OUR_DESCRIPTION = "glacierfs"
+LAYOUT_MEMO = 4096           # chunk grids remembered (a few hundred bytes each)
 
 
 class RetrievalError(Exception):
@@ -85,6 +86,7 @@ class Retrieval(DownloadOutcome):
         self.downloader = Downloader(client, cache, self, workers=options.downloads,
                                      expected_root=self._expected_root)
         self._archive_locks: dict[str, trio.Lock] = {}
+        self._layouts: dict[tuple[str, int], ArchiveLayout] = {}
         self._vault_locks: dict[str, trio.Lock] = {}
         self._remote_jobs: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._poll_rounds: dict[str, int] = {}  # per vault: picks the rounds that list all jobs
@@ -98,7 +100,14 @@ class Retrieval(DownloadOutcome):
         return self.records.get(archive_id)
 
     def layout(self, entry: Entry) -> ArchiveLayout:
-        return ArchiveLayout(entry.archive_id or "", entry.size, self.options.chunk_size)
+        """The archive's chunk grid; remembered, since every read needs it."""
+        key = (entry.archive_id or "", entry.size)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= LAYOUT_MEMO:
+                self._layouts.clear()
+            layout = self._layouts[key] = ArchiveLayout(key[0], key[1], self.options.chunk_size)
+        return layout
 
     def cache_state(self, entry: Entry) -> tuple[str, int]:
         """(``absent``|``partial``|``cached``, verified bytes held). An empty archive has
