@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.sim.testing import SimProcess
+from mount_support import daemon_pids
 
 MIB = 1024 * 1024
 TOOLS = ("fusermount3", "getfattr", "setfattr", "rsync", "dd", "find", "stat", "cat", "cp",
@@ -166,21 +167,6 @@ def start_emulator(base: Path, *args: str) -> SimProcess:
 
 # --- mounts ----------------------------------------------------------------------------------
 
-def _daemon_pids(mountpoint: Path) -> list[int]:
-    """Processes running ``glacierfs.cli ... MOUNTPOINT`` (the daemon we started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"glacierfs.cli" in argv and os.fsencode(mountpoint) in argv:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -218,7 +204,7 @@ class Mount:
         assert proc.returncode == 0, f"mount failed ({proc.returncode}): {proc.stderr}"
         # The contract: the command returns only once the mount is live.
         assert os.path.ismount(self.path), "glacierfs returned 0 before the mount was live"
-        pids = _daemon_pids(self.path)
+        pids = daemon_pids(self.path)
         assert len(pids) == 1, f"expected one daemon process, found {pids}"
         self.pid = pids[0]
         self.mount_seconds = time.monotonic() - began

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from glacierfs.sim.testing import SimProcess, aws_env
+from mount_support import daemon_pids
 
 HELPER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REPO = Path(__file__).resolve().parents[2]
@@ -70,21 +71,6 @@ def helper_problem() -> str | None:
         return (f"{exe} runs glacierfs from {found}, not this checkout "
                 "(run scripts/setup install)")
     return None
-
-
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """glacierfs processes whose command line names this mount point."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"glacierfs" in a for a in args[:3]) and os.fsencode(mountpoint) in args:
-            pids.append(int(entry))
-    return pids
 
 
 def is_mounted(mountpoint: Path) -> bool:

@@ -33,6 +33,7 @@ from glacierfs.namespace import Entry, Namespace, ingest_inventory
 from glacierfs.options import MountOptions
 from glacierfs.retrieval import Retrieval
 from glacierfs.sim.testing import SimProcess, aws_env
+from mount_support import daemon_pids
 
 MIB = 1024 * 1024
 REGION = "us-east-1"
@@ -252,21 +253,6 @@ def mount_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["LC_ALL"] = "C.UTF-8"
     env.update(extra or {})
     return env
-
-
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """Processes whose command line is a glacierfs daemon for this mount point."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"glacierfs.cli" in b" ".join(argv) and os.fsencode(str(mountpoint)) in argv:
-            pids.append(int(proc.name))
-    return pids
 
 
 def is_mounted(mountpoint: Path) -> bool:
