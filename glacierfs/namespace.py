@@ -26,6 +26,7 @@ from glacierfs.store import KIND_BY_ID, KIND_DIR, KIND_FILE, KIND_VAULT, ROOT_IN
 log = logging.getLogger(__name__)
 
 BY_ID_DIR = ".by-id"
+BY_ID_ONLY = "\x00by-id"  # staged "directory" of archives that appear only under .by-id
 INGEST_BATCH = 5000  # rows per executemany: large enough to amortise, small enough for flat memory
 _ENTRY_COLUMNS = ("inode, parent, name, kind, vault, archive_id, size, mtime_ns, tree_hash, "
                   "creation_ns, description")
@@ -223,23 +224,25 @@ def _ensure_vault_entries(db: sqlite3.Connection, vault: str) -> int:
 
 # --- ingest ---------------------------------------------------------------------------------
 
-def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive], dirs: dict[str, int],
-                      folder_markers: set[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
+def _rows_for_staging(rows: Iterator[inventory_mod.InventoryArchive],
+                      dirs: dict[str, int]) -> Iterator[tuple]:  # type: ignore[type-arg]
     """Rows for the staging table; fills ``dirs`` (every directory path → the newest mtime of
-    the files directly in it) and ``folder_markers`` on the way."""
+    the files directly in it) on the way. A folder marker makes its directories, and is itself
+    a file only under ``.by-id`` (it is an archive, so that is where it can be read)."""
     for row in rows:
         decoded = names.decode_description(row.description)
         parts = decoded.parts
+        created_ns = _to_ns(row.creation_date)
         if decoded.is_folder:
-            folder_markers.add(row.archive_id)
             for i in range(1, len(parts) + 1):
                 dirs.setdefault("/".join(parts[:i]), 0)
+            yield (row.archive_id, BY_ID_ONLY, row.archive_id, row.size, created_ns,
+                   row.tree_hash, created_ns, row.description)
             continue
         if parts:
             directory, name = "/".join(parts[:-1]), parts[-1]
         else:
             directory, name = "", names.archive_id_name(row.archive_id)
-        created_ns = _to_ns(row.creation_date)
         mtime_ns = _to_ns(decoded.mtime) if decoded.mtime else created_ns
         if directory:
             newest = dirs.get(directory)
@@ -271,15 +274,13 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
                                            rows_skipped=0, problems=[], truncated=False)
     db = store.db
     dirs: dict[str, int] = {}
-    folder_markers: set[str] = set()  # archives shown as directories still count as archives
     with store.transaction():
         vault_inode = _ensure_vault_entries(db, vault)
         db.execute("DROP TABLE IF EXISTS temp.staged")
         db.execute("CREATE TEMP TABLE staged (archive_id TEXT, dir TEXT, name TEXT, "
                    "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_ns INTEGER, "
                    "description TEXT)")
-        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs,
-                                   folder_markers)
+        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs)
         # No index while loading (random-order index inserts dominated); indexes are built
         # by sorting afterwards, and duplicate archive ids resolved then.
         insert = "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -312,7 +313,8 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
         db.execute(
             "INSERT INTO entries(parent, name, kind, vault, archive_id, size, mtime_ns, "
             "tree_hash, creation_ns, description) "
-            "SELECT CASE WHEN s.dir = '' THEN ? ELSE (SELECT inode FROM entries WHERE key = "
+            "SELECT CASE WHEN s.dir = '' THEN ? WHEN s.dir = ? THEN (SELECT inode FROM entries "
+            "WHERE key = 'b:' || ?) ELSE (SELECT inode FROM entries WHERE key = "
             "'d:' || ? || '/' || s.dir) END, s.name, ?, ?, s.archive_id, s.size, s.mtime_ns, "
             "s.tree_hash, s.creation_ns, s.description FROM temp.staged s "
             "ORDER BY s.dir, s.name "  # a directory's files get neighbouring rows and inodes
@@ -320,7 +322,7 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
             "DO UPDATE SET parent = excluded.parent, name = excluded.name, "
             "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
             "creation_ns = excluded.creation_ns, description = excluded.description",
-            (vault_inode, vault, KIND_FILE, vault))
+            (vault_inode, BY_ID_ONLY, vault, vault, KIND_FILE, vault))
         db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
                    (vault, KIND_DIR, KIND_FILE))
         # A directory's mtime is its newest member's: rolled up from the deepest level.
@@ -335,7 +337,7 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
         db.executemany("UPDATE entries SET mtime_ns = ? WHERE key = ?",
                        [(t, f"d:{vault}/{p}") for p, t in dirs.items()])
         db.execute("UPDATE entries SET mtime_ns = ? WHERE key = ?", (vault_mtime, f"v:{vault}"))
-        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0] + len(folder_markers)
+        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
         inv_date = report.inventory_date.strftime("%Y-%m-%dT%H:%M:%SZ") \
             if report.inventory_date else None
         message = None

@@ -77,7 +77,10 @@ def test_names_folders_duplicates_and_fallback(ns):
     # .by-id reaches every archive, under its id, with the same inode
     by_id = ns.lookup(ns.lookup(ns.get(ROOT_INODE), "v"), ".by-id")
     listed = {e.name: e.inode for e in ns.children(by_id, 0)}
-    assert len(listed) == 5  # the folder marker is a directory, not an archive file
+    assert len(listed) == 6  # every archive, the folder marker included
+    marker = ns.lookup(by_id, _aid(3))
+    assert marker is not None and marker.kind == KIND_FILE and marker.size == 30
+    assert _aid(3) not in {ns.get(i).archive_id for k, i in tree.values() if k == KIND_FILE}
     assert listed[_aid(2)] == a.inode
     assert ns.lookup(by_id, _aid(2)).inode == a.inode
 
