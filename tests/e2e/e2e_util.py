@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from glacierfs.sim.testing import SimProcess
-from mount_support import daemon_pids
+from mount_support import daemon_pids, wait_for
 
 MIB = 1024 * 1024
 TOOLS = ("fusermount3", "getfattr", "setfattr", "rsync", "dd", "find", "stat", "cat", "cp",
@@ -108,19 +107,6 @@ def getfattr_one(path: str | os.PathLike[str], name: str) -> str | None:
         assert "No such attribute" in proc.stderr, proc.stderr
         return None
     return proc.stdout.decode("utf-8")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.2) -> object:
-    """Poll until ``predicate()`` is truthy; returns its value or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def listing(path: str | os.PathLike[str]) -> set[str]:

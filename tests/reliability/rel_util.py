@@ -34,6 +34,7 @@ from glacierfs.options import MountOptions
 from glacierfs.retrieval import Retrieval
 from glacierfs.sim.testing import SimProcess, aws_env
 from mount_support import daemon_pids
+from mount_support import wait_for as poll_until  # noqa: F401  (used by the suite)
 
 MIB = 1024 * 1024
 REGION = "us-east-1"
@@ -358,18 +359,6 @@ def read_all(path: Path | str, offset: int = 0, length: int | None = None) -> by
         return b"".join(parts)
     finally:
         os.close(fd)
-
-
-def poll_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def fuse_unavailable() -> str | None:
