@@ -113,20 +113,20 @@ class Namespace:
                     db.execute("UPDATE entries SET parent = -inode WHERE key = ?",
                                (f"v:{name}",))
 
+    _VAULT_QUERY = (
+        "SELECT v.name, v.arn, e.inode, v.inventory_date, v.inventory_job_id, "
+        "v.inventory_status, v.inventory_message, v.inventory_loaded_at, "
+        "v.number_of_archives, v.last_inventory_date FROM vaults v "
+        "JOIN entries e ON e.key = 'v:' || v.name WHERE v.present = 1")
+
     def vaults(self) -> list[VaultInfo]:
-        rows = self.db.execute(
-            "SELECT v.name, v.arn, e.inode, v.inventory_date, v.inventory_job_id, "
-            "v.inventory_status, v.inventory_message, v.inventory_loaded_at, "
-            "v.number_of_archives, v.last_inventory_date FROM vaults v "
-            "JOIN entries e ON e.key = 'v:' || v.name WHERE v.present = 1 ORDER BY v.name"
-        ).fetchall()
+        rows = self.db.execute(self._VAULT_QUERY + " ORDER BY v.name").fetchall()
         return [VaultInfo(*r) for r in rows]
 
     def vault(self, name: str) -> VaultInfo | None:
-        for info in self.vaults():
-            if info.name == name:
-                return info
-        return None
+        """One vault by name (asked on every lookup in a vault's top directory: one row)."""
+        row = self.db.execute(self._VAULT_QUERY + " AND v.name = ?", (name,)).fetchone()
+        return VaultInfo(*row) if row else None
 
     def update_vault(self, name: str, **fields: object) -> None:
         if not fields:
