@@ -162,8 +162,8 @@ class Downloader:
                 if checksum is None:
                     raise ChunkVerificationError(
                         f"no x-amz-sha256-tree-hash for bytes {start}-{end}: cannot verify")
-                await trio.to_thread.run_sync(self.cache.put_chunk, layout, index, data,
-                                              bytes.fromhex(checksum))
+                if not await self._store(task, data, bytes.fromhex(checksum)):
+                    return
             except glacier.NotFound:
                 self._notify(layout.archive_id, index, glacier.NotFound(
                     "ResourceNotFoundException", "job output expired"))
@@ -195,13 +195,6 @@ class Downloader:
                     return
                 self.stats["retries"] += 1
                 continue
-            except CacheFullError as exc:
-                self._notify(layout.archive_id, index, exc)
-                log.warning("cache disk full while storing archive %s; pausing",
-                            layout.archive_id[:16])
-                await self._sleep(DISK_FULL_PAUSE)
-                self.enqueue(task.vault, task.job_id, layout, [index])
-                return
             except glacier.GlacierError as exc:
                 reason = f"downloading bytes {start}-{end} failed: {exc}"
                 self._notify(layout.archive_id, index, exc)
@@ -216,6 +209,25 @@ class Downloader:
             if not self.cache.missing_chunks(layout):
                 await self._check_whole(layout)
             return
+
+    async def _store(self, task: ChunkTask, data: bytes, checksum: bytes) -> bool:
+        """Verify and store a fetched chunk. With the disk full, keep the bytes and try again
+        every DISK_FULL_PAUSE rather than fetch them again: a chunk is paid-for bandwidth, and a
+        worker holds it in memory during a fetch anyway. Readers waiting for it get ENOSPC
+        meanwhile. False when the archive was cancelled before room was found."""
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.cache.put_chunk, task.layout, task.index,
+                                              data, checksum)
+                return True
+            except CacheFullError as exc:
+                self._notify(task.layout.archive_id, task.index, exc)
+                log.warning("cache disk full while storing archive %s chunk %d; holding it "
+                            "and retrying in %gs", task.layout.archive_id[:16], task.index,
+                            DISK_FULL_PAUSE)
+                await self._sleep(DISK_FULL_PAUSE)
+                if task.layout.archive_id in self._cancelled:
+                    return False
 
     async def _poison(self, archive_id: str) -> None:
         """The archive failed verification: drop every chunk of it, now and as they land."""

@@ -193,7 +193,12 @@ def parse_options(source: str, option_strings: list[str], foreground: bool = Fal
     for text in option_strings:
         for key, value in split_option_string(text):
             _apply(values, key, value)
-    return MountOptions(**values)  # type: ignore[arg-type]
+    opts = MountOptions(**values)  # type: ignore[arg-type]
+    if opts.cache_size < opts.chunk_size:
+        # A chunk is the unit stored and verified: a cache smaller than one could hold nothing.
+        raise OptionError(f"cache_size={opts.cache_size} bytes is smaller than one chunk "
+                          f"(chunk_size={opts.chunk_size}); raise cache_size or lower chunk_size")
+    return opts
 
 
 def _need(value: str | None, key: str) -> str:

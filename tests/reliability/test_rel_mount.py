@@ -227,7 +227,8 @@ def test_credentials_never_in_logs_xattrs_or_status(sim, tmp_path):
 def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
     """The cache dir on an 8 MiB tmpfs: a 12 MiB file cannot fit; readers of its missing
     chunks get ENOSPC, what is cached stays valid, and once the tmpfs is grown the download
-    completes without a new job."""
+    completes without a new job, and without fetching any chunk twice (a chunk that found the
+    disk full is held, not downloaded again)."""
     client = sim.client()
     client.create_vault(vaultName="v")
     big = upload(client, "v", 12 * MIB, seed=300, description="dir/file0.bin")
@@ -259,6 +260,7 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
             subprocess.run(["mount", "-o", "remount,size=64m", str(cache)], check=True)
             _read_when_ready(_path(mnt, 0), big.data, timeout=90)
         assert _initiates(sim) == 1
+        assert sim.stats()["requests"].get("GetJobOutput") == 12  # 12 MiB in 1 MiB chunks, once
         assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [big]) == []
     finally:
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)

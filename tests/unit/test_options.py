@@ -48,6 +48,8 @@ def test_generic_mount_options_are_tolerated():
     ("retrieve=sometimes", "auto or manual"),
     ("cache_size=lots", "cache_size=lots"),
     ("chunk_size=3M", "power-of-two"),
+    ("cache_size=8M,chunk_size=16M", "smaller than one chunk"),
+    ("cache_size=1M", "smaller than one chunk"),
     ("wait=soon", "wait=soon"),
     ("max_jobs=-1", "at least 0"),
     ("max_jobs=many", "whole number"),
