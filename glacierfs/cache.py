@@ -42,7 +42,6 @@ calls together still respect the size limit.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -58,6 +57,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from glacierfs import treehash
+from glacierfs.diskfull import is_disk_full
 from glacierfs.treehash import MIB, is_power_of_two
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ HANDLE_CACHE_SIZE = 64
 # A value file with no index row is a write that never committed (a crash). Files younger
 # than this may still be a write in flight in another process sharing the directory.
 ORPHAN_GRACE = 60.0
-# Errors meaning "no room on the device": both become CacheFullError.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Data made durable before its row commits, so a power loss cannot leave a committed row
 # pointing at a file whose blocks never reached the disk.
 FSYNC_CHUNKS = True
@@ -177,14 +175,6 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
     last character bumped. SQLite compares TEXT bytewise, and UTF-8 byte order is code point order.
     """
     return prefix, prefix[:-1] + "0"
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in DISK_FULL_ERRNOS
-    if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    return False
 
 
 class _ChunkDisk(diskcache.Disk):
@@ -392,7 +382,7 @@ class ChunkCache:
                 self._cache.set(key, data, tag=actual, retry=True)
         except BaseException as exc:
             self._undo_failed_set()
-            if _is_disk_full(exc):
+            if is_disk_full(exc):  # file or index: both become CacheFullError
                 raise CacheFullError(
                     f"no room to cache archive {layout.archive_id} chunk {index}: {exc}"
                 ) from exc

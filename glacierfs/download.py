@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from glacierfs import glacier, treehash
+from glacierfs import diskfull, glacier, treehash
 from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError
+from glacierfs.diskfull import LOCAL_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,12 @@ class Downloader:
             key = (task.layout.archive_id, task.index)
             try:
                 await self._fetch(task)
+            except LOCAL_ERRORS as exc:  # the state dir's disk, not the chunk: try it later
+                log.warning("archive %s chunk %d: %s; retrying later", key[0][:16], key[1],
+                            diskfull.describe(exc, "the cache dir"))
+                full = diskfull.is_disk_full(exc)
+                self._notify(*key, CacheFullError(str(exc)) if full else exc)
+                self._retry_later(task)
             finally:
                 self._in_flight.discard(key)
 

@@ -299,18 +299,20 @@ class GlacierClient:
     def download_job_output(self, vault: str, job_id: str, dest: BinaryIO,
                             block: int = 1024 * 1024) -> dict[str, Any]:
         """Stream a whole job output (an inventory) into ``dest``; returns the response
-        metadata (contentType, checksum)."""
+        metadata (contentType, checksum). Errors reading the body are the network's
+        (GlacierError); errors writing ``dest`` are the local disk's and stay OSError."""
         out = self._call("GetJobOutput", self._client.get_job_output, vaultName=vault,
                          jobId=job_id)
         body = out["body"]
         try:
             while True:
-                piece = body.read(block)
+                try:
+                    piece = body.read(block)
+                except Exception as exc:
+                    raise translate(exc) from None
                 if not piece:
                     break
                 dest.write(piece)
-        except Exception as exc:
-            raise translate(exc) from None
         finally:
             body.close()
         return {"contentType": out.get("contentType"), "checksum": out.get("checksum")}

@@ -13,6 +13,7 @@ Runs on the trio thread; one task per vault at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +24,9 @@ from collections.abc import Callable
 
 import trio
 
-from glacierfs import glacier
+from glacierfs import diskfull, glacier
+from glacierfs.diskfull import LOCAL_ERRORS
+from glacierfs.inventory import InventoryFormatError
 from glacierfs.namespace import Namespace, ingest_inventory
 from glacierfs.options import MountOptions
 from glacierfs.store import Store
@@ -34,6 +37,7 @@ INVENTORY_POLL = 900.0       # real inventory jobs take hours; ``poll`` override
 INVENTORY_FORMAT = "JSON"    # Glacier's CSV is ambiguous; JSON is exact
 OUTPUT_LIFETIME = 24 * 3600
 RETRY_AFTER_FAILURE = 60.0   # a vault whose inventory could not be had is retried this often
+LOCAL_RETRY = 10.0           # … or this soon when only the local disk was in the way
 
 
 def _is_full_inventory(job: dict[str, Any]) -> bool:
@@ -61,7 +65,7 @@ class Inventories:
         if info is None:
             return
         now = time.time()
-        if info.inventory_date is None and info.inventory_status != "Succeeded":
+        if info.inventory_date is None:  # none loaded yet (none started, or a failure)
             if now - self._checked.get(vault, 0) < RETRY_AFTER_FAILURE:
                 return
         else:
@@ -74,13 +78,40 @@ class Inventories:
         self.nursery.start_soon(self._fetch, vault)
 
     async def _fetch(self, vault: str) -> None:
+        """Never raises: whatever goes wrong is one line in the log and in the vault's
+        ``user.glacier.inventory.message``, and the vault is tried again when next listed."""
+        before = self.ns.vault(vault)
+        loaded_job = before.inventory_job_id if before and before.inventory_date else None
         try:
             await self._fetch_inner(vault)
         except glacier.GlacierError as exc:
-            log.warning("inventory of vault %s: %s", vault, exc)
-            self.ns.update_vault(vault, inventory_message=f"inventory not available: {exc}")
+            self._failed(vault, f"inventory not available: {exc}", loaded_job)
+        except InventoryFormatError as exc:
+            self._failed(vault, f"the inventory job's output is not an inventory ({exc}); "
+                                "nothing was changed", loaded_job)
+        except LOCAL_ERRORS as exc:
+            kept = "; the previous listing is kept" if loaded_job else ""
+            self._failed(vault, "inventory not stored: "
+                                f"{diskfull.describe(exc, self.ns.store.path.parent)}{kept}",
+                         loaded_job)
+            # Free space is all it needs: look again soon rather than after the usual pause.
+            self._checked[vault] = time.time() - RETRY_AFTER_FAILURE + LOCAL_RETRY
         finally:
             self._running.discard(vault)
+
+    def _failed(self, vault: str, message: str, loaded_job: str | None) -> None:
+        """Say why in the vault's xattrs. With an inventory loaded, its job stays the vault's
+        job (the listing is that job's), so a later refresh still sees the newer job as new."""
+        log.warning("vault %s: %s", vault, message)
+        info = self.ns.vault(vault)
+        status = info.inventory_status if info else None
+        changes: dict[str, object] = {"inventory_message": message}
+        if loaded_job is not None:
+            changes.update(inventory_job_id=loaded_job, inventory_status="Succeeded")
+        elif status == "Ingesting":
+            changes["inventory_status"] = "Succeeded"  # the job did; its output was not stored
+        with contextlib.suppress(*LOCAL_ERRORS):  # a full disk may refuse this too
+            self.ns.update_vault(vault, **changes)
 
     async def _fetch_inner(self, vault: str) -> None:
         info = self.ns.vault(vault)

@@ -7,10 +7,16 @@ second one. Records live in memory for fast xattr answers and are persisted on e
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass, fields
 
+from glacierfs import diskfull
+from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.store import Store
+
+log = logging.getLogger(__name__)
 
 # States. Glacier's StatusCode values plus two local ones.
 QUEUED = "Queued"            # wanted, held back by max_jobs / budget / a transient error
@@ -49,28 +55,59 @@ _COLUMNS = [f.name for f in fields(JobRecord)]
 
 
 class JobStore:
+    """The jobs table. When the disk is full, changes are kept in memory as unsaved and written
+    with the next save that succeeds (a warning at most once a minute); ``save`` says whether
+    the record reached the disk, so the paid InitiateJob can insist on it."""
+
+    WARN_EVERY = 60.0
+
     def __init__(self, store: Store) -> None:
         self.db = store.db
+        self._store = store
+        self._unsaved: dict[str, JobRecord] = {}
+        self._unsaved_spend: list[tuple[float, int, str]] = []
+        self._warned_at = 0.0
 
     def load_all(self) -> dict[str, JobRecord]:
         rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs").fetchall()
         return {r[0]: JobRecord(*r) for r in rows}
 
-    def save(self, record: JobRecord) -> None:
-        values = asdict(record)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        self.db.execute(f"INSERT OR REPLACE INTO jobs({', '.join(_COLUMNS)}) "
-                        f"VALUES ({placeholders})", [values[c] for c in _COLUMNS])
-
-    def delete(self, archive_id: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE archive_id = ?", (archive_id,))
+    def save(self, record: JobRecord) -> bool:
+        self._unsaved[record.archive_id] = record
+        return self.flush()
 
     def record_spend(self, archive_id: str, size: int, now: float | None = None) -> None:
-        self.db.execute("INSERT INTO spend(ts, bytes, archive_id) VALUES (?, ?, ?)",
-                        (now or time.time(), size, archive_id))
+        self._unsaved_spend.append((now or time.time(), size, archive_id))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write every unsaved change in one transaction; False when the disk refused them."""
+        if not self._unsaved and not self._unsaved_spend:
+            return True
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        try:
+            with self._store.transaction() as db:
+                db.executemany(f"INSERT OR REPLACE INTO jobs({', '.join(_COLUMNS)}) "
+                               f"VALUES ({placeholders})",
+                               [[asdict(r)[c] for c in _COLUMNS] for r in self._unsaved.values()])
+                db.executemany("INSERT INTO spend(ts, bytes, archive_id) VALUES (?, ?, ?)",
+                               self._unsaved_spend)
+        except LOCAL_ERRORS as exc:
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY:
+                self._warned_at = now
+                log.warning("job state not saved (%d change(s) kept in memory, retried with "
+                            "the next change): %s", len(self._unsaved) + len(self._unsaved_spend),
+                            diskfull.describe(exc, self._store.path.parent))
+            return False
+        self._unsaved.clear()
+        self._unsaved_spend.clear()
+        return True
 
     def spent_in_window(self, now: float | None = None) -> int:
         since = (now or time.time()) - BUDGET_WINDOW
-        self.db.execute("DELETE FROM spend WHERE ts < ?", (since - BUDGET_WINDOW,))
-        return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM spend WHERE ts >= ?",
-                                   (since,)).fetchone()[0])
+        with contextlib.suppress(*LOCAL_ERRORS):  # pruning old rows can wait for free space
+            self.db.execute("DELETE FROM spend WHERE ts < ?", (since - BUDGET_WINDOW,))
+        saved = int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM spend WHERE ts >= ?",
+                                    (since,)).fetchone()[0])
+        return saved + sum(size for ts, size, _ in self._unsaved_spend if ts >= since)

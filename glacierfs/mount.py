@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pyfuse3
 import trio
 
-from glacierfs import glacier, notify
+from glacierfs import diskfull, glacier, notify
+from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.cache import ChunkCache
 from glacierfs.fs import GlacierOperations
 from glacierfs.inventories import Inventories
@@ -127,7 +128,11 @@ async def _refresh_vault_list(opts: MountOptions, ns: Namespace,
         log.warning("vault list not refreshed: %s", exc)
         return
     if vaults is not None:
-        ns.set_vaults(vaults)
+        try:
+            ns.set_vaults(vaults)
+        except LOCAL_ERRORS as exc:
+            log.warning("vault list not refreshed: %s",
+                        diskfull.describe(exc, ns.store.path.parent))
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from glacierfs import glacier
+from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, NotCached
 from glacierfs.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
 from glacierfs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
@@ -43,6 +44,7 @@ REMOTE_JOBS_FRESH = 60.0     # how long one ListJobs answer is trusted for job r
 OUTPUT_LIFETIME = 24 * 3600  # Glacier keeps job output at least this long after completion
 CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished job
 START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
+LOCAL_RETRY = 10.0           # … or that waits only for room in the cache dir to record it
 # Every this many polling rounds a vault's jobs are listed whole (the others list only completed
 # jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
 FULL_LISTING_EVERY = 10
@@ -182,7 +184,11 @@ class Retrieval(DownloadOutcome):
         rec.state = INITIATING
         rec.initiated_at = time.time()
         rec.status_message = None
-        self._save(rec)  # saved before the paid call: a crash now never leads to a second job
+        if not self._save(rec):  # saved before the paid call: a crash never leads to a second job
+            self._requeue(rec, "waiting: the job cannot be recorded in the cache dir (disk "
+                               "full?) and is not started before it can; will retry",
+                          retry_in=LOCAL_RETRY)
+            return
         tier = rec.tier
         while True:
             try:
@@ -240,11 +246,11 @@ class Retrieval(DownloadOutcome):
                  rec.archive_id[:16], rec.size)
         self._signal(rec.archive_id)
 
-    def _requeue(self, rec: JobRecord, message: str) -> None:
+    def _requeue(self, rec: JobRecord, message: str, retry_in: float | None = None) -> None:
         rec.state = QUEUED
         rec.job_id = None
         rec.status_message = message
-        rec.next_poll = time.time() + START_RETRY
+        rec.next_poll = time.time() + (START_RETRY if retry_in is None else retry_in)
         self._save(rec)
         self._signal(rec.archive_id)
 
@@ -389,7 +395,7 @@ class Retrieval(DownloadOutcome):
             for vault in sorted(due):
                 try:
                     await self.poll_vault(vault)
-                except glacier.GlacierError as exc:
+                except (glacier.GlacierError, *LOCAL_ERRORS) as exc:
                     log.info("polling %s failed: %s", vault, exc)
                     for r in self.records.values():
                         if r.vault == vault and r.state in (IN_PROGRESS, INITIATING):
@@ -523,7 +529,12 @@ class Retrieval(DownloadOutcome):
                     if "larger than the daily budget" in reason:
                         continue
                     break  # keep request order: nothing younger jumps the queue
-                await self._initiate(rec)
+                try:
+                    await self._initiate(rec)
+                except LOCAL_ERRORS as exc:  # the state dir's disk: try again next round
+                    log.warning("could not start the retrieval of archive %s: %s",
+                                rec.archive_id[:16], exc)
+                    break
 
     # --- download outcomes ------------------------------------------------------------------
     def _schedule_download(self, rec: JobRecord, layout: ArchiveLayout) -> None:
@@ -571,9 +582,11 @@ class Retrieval(DownloadOutcome):
     def _first_poll_delay(self, tier: str) -> float:
         return self.options.poll_interval or EARLIEST_DONE.get(tier, 3600.0)
 
-    def _save(self, rec: JobRecord) -> None:
+    def _save(self, rec: JobRecord) -> bool:
+        """Keep ``rec`` and write it through; False when the disk refused (kept unsaved and
+        written with the next change that succeeds)."""
         self.records[rec.archive_id] = rec
-        self.jobs.save(rec)
+        return self.jobs.save(rec)
 
     def _signal(self, archive_id: str) -> None:
         event = self._changed.pop(archive_id, None)

@@ -147,6 +147,16 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
         if exc_type is None:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()  # a failed COMMIT (disk full) must not leave it half-open
+                raise
         else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """SQLite may already have rolled back by itself (after SQLITE_FULL, for one): only
+        roll back what is still open, so the original error is the one raised."""
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from glacierfs import glacier
+from glacierfs import glacier as glacier_module  # tests' ``glacier`` is a fixture
 from glacierfs.cache import ChunkCache
 from glacierfs.inventories import Inventories
 from glacierfs.jobstore import JobStore
@@ -156,3 +158,96 @@ def test_wait_job_helper_is_available(sim, glacier, vault):
                                                                "ArchiveId": aid})["jobId"]
     sim.complete_jobs(job_id=job)
     assert wait_job(glacier, vault, job)["StatusCode"] == "Succeeded"
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=1")
+def test_full_state_disk_holds_the_paid_call_until_the_job_can_be_recorded(
+        sim, glacier, vault, tmp_path, monkeypatch):
+    """A job is recorded before InitiateJob is sent (so a crash never pays twice). With the
+    state database full, no job is started and the file says why; once there is room the
+    same request goes ahead, once."""
+    from glacierfs import retrieval as retrieval_module
+    monkeypatch.setattr(retrieval_module, "LOCAL_RETRY", 0.5)
+    data = b"kept safe " * 1000
+    upload(glacier, vault, data, "full.txt")
+    core = Core(sim, tmp_path)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "full.txt")
+        core.store.db.set_authorizer(_refuse_job_writes)  # every write to jobs fails now
+        sim.reset_stats()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            with pytest.raises(NotReady):
+                await core.retrieval.read(f, 0, 100, may_start=True)
+            rec = core.retrieval.records[f.archive_id]
+            assert "cannot be recorded" in (rec.status_message or "")
+            await trio.sleep(1.5)  # retries meanwhile find the disk still full
+            assert "InitiateJob" not in sim.stats()["requests"]
+            core.store.db.set_authorizer(None)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached")
+            assert await core.retrieval.read(f, 0, len(data), may_start=True) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert sim.stats()["requests"].get("InitiateJob") == 1
+    stored = JobStore(core.store).load_all()[f_archive_id(core, vault)]
+    assert stored.state == "Succeeded"  # the record reached the disk once there was room
+    core.close()
+
+
+def f_archive_id(core: Core, vault: str) -> str:
+    return core.file(vault, "full.txt").archive_id
+
+
+def _refuse_job_writes(action: int, table: str | None, *_: object) -> int:
+    """A state database that refuses every change to the jobs table, as a full disk would
+    (the real SQLite error path, made deterministic)."""
+    if table == "jobs" and action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE,
+                                      sqlite3.SQLITE_DELETE):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5")
+def test_an_output_that_is_no_inventory_changes_nothing(sim, glacier, vault, tmp_path,
+                                                        monkeypatch):
+    """A refresh whose job output is not an inventory at all (a proxy's HTML page, say): the
+    vault keeps its listing, its message says why, and nothing crashes."""
+    upload(glacier, vault, b"1", "one.txt")
+    core = Core(sim, tmp_path, inventory_refresh=0.1)
+
+    def html_page(self, vault_name, job_id, dest, block=0):  # noqa: ARG001
+        dest.write(b"<html><body>502 Bad Gateway</body></html>")
+        return {"contentType": "text/html", "checksum": None}
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        first_job = core.ns.vault(vault).inventory_job_id
+        upload(glacier, vault, b"2", "two.txt")
+        time.sleep(1.1)  # inventory dates have one-second resolution
+        monkeypatch.setattr(glacier_module.GlacierClient, "download_job_output", html_page)
+        async with trio.open_nursery() as nursery:
+            inv = Inventories(core.ns, core.aclient, core.options, nursery)
+            await trio.sleep(0.2)
+            inv.ensure(vault)
+            await _until(lambda: "not an inventory" in (core.ns.vault(vault).inventory_message
+                                                        or ""))
+            assert not inv._running  # the task ended; the nursery (the mount) is unharmed
+        info = core.ns.vault(vault)  # still the listing, and the job, that was loaded
+        assert info.inventory_status == "Succeeded" and info.inventory_job_id == first_job
+        assert core.file(vault, "one.txt") is not None and core.file(vault, "two.txt") is None
+        # The next refresh takes the newer job's output again (no new job) and it loads.
+        monkeypatch.undo()
+        initiated = sim.stats()["requests"].get("InitiateJob")
+        async with trio.open_nursery() as nursery:
+            inv = Inventories(core.ns, core.aclient, core.options, nursery)
+            await trio.sleep(0.2)
+            inv.ensure(vault)
+            await _until(lambda: core.file(vault, "two.txt") is not None)
+        assert sim.stats()["requests"].get("InitiateJob") == initiated
+        assert core.ns.vault(vault).inventory_message is None
+
+    trio.run(main)
+    core.close()

@@ -266,5 +266,40 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 
 
+@pytest.mark.sim_args("--delay", "inventory=0.5")
+def test_inventory_onto_a_full_disk_keeps_the_mount_up_and_loads_once_there_is_room(sim, tmp_path):
+    """A 60,000-archive inventory (about 20 MB of JSON) fits the 24 MiB cache disk but its
+    index does not: the mount stays up, the vault's xattr says the disk is full, and once the
+    disk is grown the next listing loads it, from the same inventory job."""
+    sim.client().create_vault(vaultName="big")
+    sim.synthesize("big", 60000, size=100, description="photos/img{i}.jpg")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(cache)],
+                   check=True)
+    mnt = tmp_path / "mnt"
+    try:
+        with mounted(mnt, mount_options(sim, cache)) as m:
+            def message() -> str:
+                os.listdir(mnt / "big")  # listing is what (re)starts the inventory
+                return xattr(mnt / "big", "user.glacier.inventory.message") or ""
+
+            poll_until(lambda: "is full" in message(), timeout=90, what="a disk-full message")
+            assert all(os.path.exists(f"/proc/{p}") for p in m.pids), "the daemon died"
+            assert os.listdir(mnt) == ["big"]
+            subprocess.run(["mount", "-o", "remount,size=256m", str(cache)], check=True)
+
+            def photos() -> int:
+                names = os.listdir(mnt / "big")
+                return len(os.listdir(mnt / "big" / "photos")) if "photos" in names else 0
+
+            poll_until(lambda: photos() == 60000, timeout=90, what="the vault to fill")
+            assert xattr(mnt / "big", "user.glacier.number_of_archives") == "60000"
+            assert "user.glacier.inventory.message" not in os.listxattr(mnt / "big")
+        assert _initiates(sim) == 1  # the finished job was downloaded again, not paid again
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
 def test_payload_helper_is_deterministic():
     assert payload(1000, 1) == payload(1000, 1) != payload(1000, 2)
