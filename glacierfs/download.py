@@ -155,6 +155,11 @@ class Downloader:
                 full = diskfull.is_disk_full(exc)
                 self._notify(*key, CacheFullError(str(exc)) if full else exc)
                 self._retry_later(task)
+            except Exception as exc:  # a bug must cost this chunk a pause, not end the mount
+                log.exception("archive %s chunk %d: internal error; retrying later",
+                              key[0][:16], key[1])
+                self._notify(*key, exc)
+                self._retry_later(task)
             finally:
                 self._in_flight.discard(key)
 

@@ -96,6 +96,10 @@ class Inventories:
                          loaded_job)
             # Free space is all it needs: look again soon rather than after the usual pause.
             self._checked[vault] = time.time() - RETRY_AFTER_FAILURE + LOCAL_RETRY
+        except Exception as exc:  # a bug must cost this vault's refresh, not the whole mount
+            log.exception("vault %s: internal error while getting the inventory", vault)
+            self._failed(vault, f"internal error while getting the inventory: {exc!r} "
+                                "(see the log)", loaded_job)
         finally:
             self._running.discard(vault)
 

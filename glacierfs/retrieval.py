@@ -395,8 +395,11 @@ class Retrieval(DownloadOutcome):
             for vault in sorted(due):
                 try:
                     await self.poll_vault(vault)
-                except (glacier.GlacierError, *LOCAL_ERRORS) as exc:
-                    log.info("polling %s failed: %s", vault, exc)
+                except Exception as exc:  # one bad round must not end the mount
+                    if isinstance(exc, (glacier.GlacierError, *LOCAL_ERRORS)):
+                        log.info("polling %s failed: %s", vault, exc)
+                    else:
+                        log.exception("polling %s: internal error", vault)
                     for r in self.records.values():
                         if r.vault == vault and r.state in (IN_PROGRESS, INITIATING):
                             r.next_poll = now + min(self._interval(r.tier), START_RETRY)
@@ -534,6 +537,10 @@ class Retrieval(DownloadOutcome):
                 except LOCAL_ERRORS as exc:  # the state dir's disk: try again next round
                     log.warning("could not start the retrieval of archive %s: %s",
                                 rec.archive_id[:16], exc)
+                    break
+                except Exception:  # a bug must not end the mount; the record stays queued
+                    log.exception("starting the retrieval of archive %s: internal error",
+                                  rec.archive_id[:16])
                     break
 
     # --- download outcomes ------------------------------------------------------------------

@@ -251,3 +251,32 @@ def test_an_output_that_is_no_inventory_changes_nothing(sim, glacier, vault, tmp
 
     trio.run(main)
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5")
+def test_an_unexpected_error_costs_one_vault_not_the_mount(sim, glacier, vault, tmp_path,
+                                                          monkeypatch):
+    """Whatever goes wrong inside one vault's inventory task (here an ingest that raises
+    something nobody planned for) ends that task with a message, not the mount's nursery."""
+    upload(glacier, vault, b"1", "one.txt")
+    core = Core(sim, tmp_path)
+    from glacierfs import inventories as inventories_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unplanned")
+
+    monkeypatch.setattr(inventories_module, "ingest_inventory", broken)
+
+    async def main() -> None:
+        core.ns.set_vaults([(vault, None)])
+        async with trio.open_nursery() as nursery:
+            inv = Inventories(core.ns, core.aclient, core.options, nursery)
+            inv.ensure(vault)
+            await _until(lambda: "internal error" in (core.ns.vault(vault).inventory_message
+                                                      or ""))
+            await trio.sleep(0.2)
+            assert not inv._running
+        assert "unplanned" in core.ns.vault(vault).inventory_message
+
+    trio.run(main)
+    core.close()
