@@ -521,27 +521,27 @@ class Retrieval(DownloadOutcome):
             with trio.move_on_after(5):
                 await self._queue_wake.wait()
             self._queue_wake = trio.Event()
-            for rec in self.queued():
-                if (rec.next_poll or 0) > time.time():
+            try:
+                await self._start_queued()
+            except LOCAL_ERRORS as exc:  # the state dir's disk: try again next round
+                log.warning("queued retrievals not started: %s", exc)
+            except Exception:  # a bug must not end the mount; the records stay queued
+                log.exception("starting queued retrievals: internal error")
+
+    async def _start_queued(self) -> None:
+        """Start what the limits allow, oldest request first."""
+        for rec in self.queued():
+            if (rec.next_poll or 0) > time.time():
+                continue
+            reason = self._limits_allow(rec)
+            if reason is not None:
+                if rec.status_message != reason:
+                    rec.status_message = reason
+                    self._save(rec)
+                if "larger than the daily budget" in reason:
                     continue
-                reason = self._limits_allow(rec)
-                if reason is not None:
-                    if rec.status_message != reason:
-                        rec.status_message = reason
-                        self._save(rec)
-                    if "larger than the daily budget" in reason:
-                        continue
-                    break  # keep request order: nothing younger jumps the queue
-                try:
-                    await self._initiate(rec)
-                except LOCAL_ERRORS as exc:  # the state dir's disk: try again next round
-                    log.warning("could not start the retrieval of archive %s: %s",
-                                rec.archive_id[:16], exc)
-                    break
-                except Exception:  # a bug must not end the mount; the record stays queued
-                    log.exception("starting the retrieval of archive %s: internal error",
-                                  rec.archive_id[:16])
-                    break
+                break  # keep request order: nothing younger jumps the queue
+            await self._initiate(rec)
 
     # --- download outcomes ------------------------------------------------------------------
     def _schedule_download(self, rec: JobRecord, layout: ArchiveLayout) -> None:
