@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pyfuse3
 import trio
 
-from glacierfs import diskfull, glacier, notify
+from glacierfs import diskfull, glacier, notify, readahead
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.cache import ChunkCache
 from glacierfs.fs import GlacierOperations
@@ -104,6 +104,7 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
                 nursery.start_soon(_stop_on_signals, signals)
+                nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
                 await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_WORKERS)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 TIERS = ("Expedited", "Standard", "Bulk")
 RETRIEVE_MODES = ("auto", "manual")
+MAX_READAHEAD = 64 * 1024 ** 2  # the kernel clamps far below this anyway
 
 # Crawlers that read every file they see: their reads never start a paid retrieval by default.
 DEFAULT_RETRIEVE_IGNORE = (
@@ -119,6 +120,7 @@ class MountOptions:
     retrieve_ignore: tuple[str, ...] = DEFAULT_RETRIEVE_IGNORE
     chunk_size: int = 16 * 1024 * 1024
     downloads: int = 4           # chunks fetched at once
+    readahead: int = 1024 * 1024  # kernel readahead for the mount (root only); 0: kernel default
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -249,6 +251,11 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
         values[key] = _parse_int(_need(value, key), key)
     elif key == "downloads":
         values[key] = _parse_int(_need(value, key), key, minimum=1)
+    elif key == "readahead":
+        size = parse_size(_need(value, key), key)
+        if size > MAX_READAHEAD:
+            raise OptionError(f"readahead={value}: at most {MAX_READAHEAD // 1024 ** 2}M")
+        values[key] = size
     elif key == "budget":
         v = _need(value, key)
         values[key] = None if v.lower() in ("off", "none", "unlimited") else parse_size(v, key)

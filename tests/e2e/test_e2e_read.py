@@ -231,3 +231,19 @@ def test_rsync_and_cp_copy_a_restored_tree(emulator, ids, mnt, tmp_path):
         assert st.st_mtime == mtime
         assert stat.S_IMODE(st.st_mode) == 0o444
     assert initiated(emulator) - before == started  # the second pass started nothing
+
+
+def test_mount_readahead_is_raised_or_left_alone(emulator, ids, mnt, mounts):
+    """Sequential readers get 1 MiB kernel readahead on the mount by default (fewer, larger
+    requests to the daemon); ``readahead=0`` leaves the kernel's own default."""
+    def window(mount) -> int:  # noqa: ANN001
+        dev = os.stat(mount.path).st_dev
+        return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+                   .read_text())
+
+    wait_for(lambda: window(mnt) == 1024, 10, "1 MiB readahead on the default mount")
+    plain = mounts(emulator.url, "plain-readahead", readahead="0")
+    wait_listed(plain / VAULT, set(FILES) | {"tree"})
+    assert window(plain) != 1024
+    bigger = mounts(emulator.url, "big-readahead", readahead="4M")
+    assert wait_for(lambda: window(bigger) == 4096, 10, "4 MiB readahead")
