@@ -507,6 +507,15 @@ class ChunkCache:
         """Bytes on disk: chunk files plus the index."""
         return self._cache.volume()
 
+    def disk_free(self) -> int | None:
+        """Bytes free for glacierfs on the cache's filesystem (None if it cannot be asked):
+        the limit is ``cache_size``, but a disk shared with other data may run out first."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     @property
     def size_limit(self) -> int:
         return self._size_limit

@@ -116,8 +116,17 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
             line += f"\n             {job['message']}"
         lines.append(line)
     cache = doc.get("cache", {})
-    lines.append(f"Cache: {human(cache.get('used', 0))} of {human(cache.get('limit', 0))} "
-                 f"{_bar(cache.get('used', 0), cache.get('limit', 1), 16)}")
+    line = (f"Cache: {human(cache.get('used', 0))} of {human(cache.get('limit', 0))} "
+            f"{_bar(cache.get('used', 0), cache.get('limit', 1), 16)}")
+    free = cache.get("disk_free")
+    if free is not None:
+        line += f"  ({human(free)} free on its disk)"
+        if free < cache.get("limit", 0) - cache.get("used", 0):
+            line += "\n  the disk will fill before the cache limit: downloads pause when it does"
+    if cache.get("unsaved_job_changes"):
+        line += (f"\n  {cache['unsaved_job_changes']} job change(s) not yet saved: the cache "
+                 "disk refuses writes (kept in memory, saved when it has room)")
+    lines.append(line)
     lim = doc.get("limits", {})
     budget = lim.get("budget")
     lines.append(f"Limits: tier {lim.get('tier')}, retrieve={lim.get('retrieve')}, max_jobs "

@@ -68,6 +68,11 @@ class JobStore:
         self._unsaved_spend: list[tuple[float, int, str]] = []
         self._warned_at = 0.0
 
+    @property
+    def unsaved(self) -> int:
+        """Changes kept in memory because the disk refused them (0 normally)."""
+        return len(self._unsaved) + len(self._unsaved_spend)
+
     def load_all(self) -> dict[str, JobRecord]:
         rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs").fetchall()
         return {r[0]: JobRecord(*r) for r in rows}

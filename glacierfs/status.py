@@ -1,5 +1,6 @@
 """The status document the daemon publishes (root xattr ``user.glacier.status``) and
-``glacierfs status`` renders: vaults, jobs, downloads, cache, limits. Plain data, no I/O."""
+``glacierfs status`` renders: vaults, jobs, downloads, cache, limits. Plain data, gathered from
+the daemon's parts (the only I/O is theirs: the cache's size and its disk's free space)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
         "vaults": vaults,
         "jobs": jobs,
         "job_counts": counts,
-        "cache": {"used": cache.volume(), "limit": cache.size_limit},
+        "cache": {"used": cache.volume(), "limit": cache.size_limit,
+                  "disk_free": cache.disk_free(),
+                  "unsaved_job_changes": retrieval.jobs.unsaved},
         "limits": {
             "max_jobs": options.max_jobs,
             "budget": options.budget,

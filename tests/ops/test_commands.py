@@ -53,7 +53,11 @@ def test_status_json_shows_a_retrieval(mounts: Mounts, tmp_path: Path) -> None:
     job, = doc["jobs"]
     assert job["path"].endswith("a/b/data.bin") and job["tier"] == "Bulk"
     assert job["status"] in ("Queued", "InProgress") and job["size"] == len(FILES["a/b/data.bin"])
+    free = os.statvfs(mounts.cache_dir)
+    assert abs(doc["cache"]["disk_free"] - free.f_bavail * free.f_frsize) < 64 * 1024 ** 2
+    assert doc["cache"]["unsaved_job_changes"] == 0
     text = _shell(f"glacierfs status {mnt}", mounts, tmp_path).stdout
     assert "Bulk" in text and "expected in" in text and VAULT in text
+    assert "free on its disk" in text and "not yet saved" not in text
     wait = _shell(f"glacierfs wait {target} --timeout 1", mounts, tmp_path)
     assert wait.returncode == 3            # timed out, still running

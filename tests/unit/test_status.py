@@ -19,3 +19,19 @@ def test_estimates_come_from_finished_jobs_of_the_same_tier():
         _rec(SUCCEEDED, "Expedited", "2024-01-01T00:00:00.000Z", "not a date"),
     ]
     assert observed_durations(records) == {"Standard": 40.0}
+
+
+def test_status_text_warns_of_a_disk_that_fills_first_and_of_unsaved_state():
+    from glacierfs.commands import render_status
+    doc = {"time": 0, "vaults": [], "jobs": [], "job_counts": {},
+           "cache": {"used": 1 << 30, "limit": 10 << 30, "disk_free": 2 << 30,
+                     "unsaved_job_changes": 3},
+           "limits": {"tier": "Standard", "retrieve": "auto", "max_jobs": 0, "budget": None}}
+    text = render_status("/mnt/glacier", doc)
+    assert "2.0 GiB free on its disk" in text
+    assert "the disk will fill before the cache limit" in text
+    assert "3 job change(s) not yet saved" in text
+    roomy = dict(doc, cache={"used": 1 << 30, "limit": 10 << 30, "disk_free": 50 << 30,
+                             "unsaved_job_changes": 0})
+    text = render_status("/mnt/glacier", roomy)
+    assert "will fill" not in text and "not yet saved" not in text
