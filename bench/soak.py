@@ -7,7 +7,9 @@ the emulator with short job delays:
 
   archives     a vault of ~340: 40 uploaded random files (64 KiB - 3 MiB) and 300 synthesized
                zero-filled ones (4 KiB - 2.5 MiB), mounted with chunk_size=1M, cache_size=8M
-               and poll=0.5, so chunks are evicted and retrieved again all the time
+               and poll=0.5, so chunks are evicted and fetched again all the time; job output
+               expires after ``--job-ttl`` (60 s), so new jobs are started all through the run,
+               not only in the first minutes
   workers      ``--workers`` threads: whole-file and random-range reads (EAGAIN means "retrieval
                running": sleep briefly and read again), every byte compared with what was
                uploaded; listdir/stat walks of the tree; getxattr of user.glacier.*; now and
@@ -391,7 +393,7 @@ def soak(args: argparse.Namespace, sim, mnt: Path, state: Path,  # noqa: ANN001
         ("unexpected errors", str(c["unexpected errors"]), "", "",
          ", ".join(f"{k[6:]} {v}" for k, v in sorted(c.items()) if k.startswith("error "))
          or "none"),
-        ("Glacier calls: InitiateJob / GetJobOutput",
+        (f"Glacier calls: InitiateJob / GetJobOutput (ttl {args.job_ttl:g} s)",
          f"{calls.get('InitiateJob', 0)} / {calls.get('GetJobOutput', 0)}", "", "",
          f"ListJobs {calls.get('ListJobs', 0)}"),
         ("daemon alive at the end", "no" if died else "yes", "", "",
@@ -421,13 +423,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a 60 s run")
     p.add_argument("--workers", type=int, default=4, help="worker threads (default 4)")
     p.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
+    p.add_argument("--job-ttl", type=float, default=60.0,
+                   help="seconds the emulator keeps a job's output (default 60)")
     args = p.parse_args()
     if args.quick:
         args.duration = 60.0
     common.print_machine()
     ok = False
     with common.workdir(args, "soak") as work:
-        sim = common.start_sim(work, *(a for d in DELAYS for a in ("--delay", d)))
+        sim = common.start_sim(work, "--job-ttl", str(args.job_ttl),
+                               *(a for d in DELAYS for a in ("--delay", d)))
         mnt, cache, log = work / "mnt", work / "cache", work / "glacierfs.log"
         try:
             archives = build_vault(sim, common.client(sim))

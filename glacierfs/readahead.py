@@ -2,8 +2,9 @@
 
 A FUSE mount gets the default window, so a sequential reader (cp, rsync, backup software)
 reaches the daemon in 128 KiB requests, and each request costs a round trip through the
-daemon's event loop. A 1 MiB window makes the kernel ask for up to 1 MiB at a time (measured:
-cold sequential reads of a cached 512 MiB file 0.74 s → 0.57 s).
+daemon's event loop. A 1 MiB window keeps more of the file requested ahead of the reader
+(measured, same mount, windows alternating: cold sequential reads of a cached 512 MiB file,
+median of 5, 0.81 s at 128 KiB → 0.66 s at 1 MiB).
 
 The window is the mount's backing device setting, ``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb``.
 It can only be raised once the kernel has processed the FUSE INIT reply (which caps it at what
