@@ -285,7 +285,10 @@ class GlacierOperations(pyfuse3.Operations):
         tier = value.decode("utf-8", "replace").strip().capitalize()
         if tier not in TIERS:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.retrieval.request(entry, tier=tier, explicit=True)
+        try:
+            await self.retrieval.request_within(entry, 0, tier=tier, explicit=True)
+        except NotReady:
+            pass  # Glacier is slow to answer: the request goes on, and that is what was asked
         # The file's attributes and the root's status document both changed: a memoized
         # value (``glacierfs restore`` reads the root's to learn the tier) would hide the job.
         self._xattr_memo = {k: v for k, v in self._xattr_memo.items()

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 MAX_FUSE_WORKERS = 64   # pyfuse3 allows 99; every blocked read holds one
 API_THREADS = 12        # boto3 calls at once (downloads plus polling and listing)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# A first mount needs the vault list; an endpoint that accepts connections but never answers
+# would otherwise hold the mount command for botocore's timeouts times its retries (minutes).
+FIRST_LIST_TIMEOUT = 30.0
 
 
 class MountError(Exception):
@@ -82,7 +85,13 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
     try:
         stored = ns.vaults()
         if not stored:
-            vaults = await _vault_list(opts, ns, aclient)
+            vaults = None
+            with trio.move_on_after(FIRST_LIST_TIMEOUT) as waited:
+                vaults = await _vault_list(opts, ns, aclient)
+            if waited.cancelled_caught:
+                raise MountError(f"no answer from Glacier at {opts.endpoint_url or opts.region} "
+                                 f"within {FIRST_LIST_TIMEOUT:g} s (ListVaults); check the "
+                                 "network, a proxy or endpoint_url")
             if vaults is not None:
                 ns.set_vaults(vaults)
         elif opts.vaults is not None:

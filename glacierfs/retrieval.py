@@ -45,6 +45,10 @@ OUTPUT_LIFETIME = 24 * 3600  # Glacier keeps job output at least this long after
 CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished job
 START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
 LOCAL_RETRY = 10.0           # … or that waits only for room in the cache dir to record it
+# How long a read or a restore request waits for Glacier's answers (ListJobs, InitiateJob) before
+# answering: past it the request goes on in the background and the reader gets EAGAIN. With a
+# dead or silent endpoint botocore's timeouts and retries take minutes; a `cat` must not.
+REQUEST_WAIT = 5.0
 # Every this many polling rounds a vault's jobs are listed whole (the others list only completed
 # jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
 FULL_LISTING_EVERY = 10
@@ -95,6 +99,9 @@ class Retrieval(DownloadOutcome):
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
         self._starting: set[str] = set()  # archives whose InitiateJob call is in flight now
+        # archive -> (set when its request() ends, end of the window its callers wait for it)
+        self._requesting: dict[str, tuple[trio.Event, float]] = {}
+        self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
 
     # --- queries (for xattrs and status) --------------------------------------------------
@@ -158,6 +165,40 @@ class Retrieval(DownloadOutcome):
                 self._save(rec)
                 self._queue_wake.set()
             return rec
+
+    async def request_within(self, entry: Entry, wait: float, tier: str | None = None,
+                             explicit: bool = False) -> JobRecord | None:
+        """``request()``, holding the caller ``wait`` seconds at most, or REQUEST_WAIT from when
+        the archive's request began if that is later: on a slow or dead endpoint the request
+        carries on in the background (one per archive) and NotReady is raised. Without the
+        background loops running (tests), it simply awaits."""
+        if self._nursery is None:
+            return await self.request(entry, tier=tier, explicit=explicit)
+        archive_id = entry.archive_id or ""
+        pending = self._requesting.get(archive_id)
+        result: list[JobRecord | None] = []
+        if pending is None:
+            done = trio.Event()
+            pending = self._requesting[archive_id] = (done, trio.current_time() + REQUEST_WAIT)
+
+            async def in_background() -> None:
+                try:
+                    result.append(await self.request(entry, tier=tier, explicit=explicit))
+                except Exception:  # noqa: BLE001 — logged; the next read asks again
+                    log.exception("requesting archive %s: internal error", archive_id[:16])
+                finally:
+                    del self._requesting[archive_id]
+                    done.set()
+
+            self._nursery.start_soon(in_background)
+        done, window_end = pending
+        with trio.move_on_at(max(window_end, trio.current_time() + wait)):
+            await done.wait()
+        if not done.is_set():
+            raise NotReady("starting the retrieval: Glacier has not answered yet")
+        if result:
+            return result[0]
+        return self.records.get(archive_id)  # another caller's request, now finished
 
     def _limits_allow(self, rec: JobRecord) -> str | None:
         """None when ``rec`` may start now, else the reason it waits (shown to users)."""
@@ -335,9 +376,11 @@ class Retrieval(DownloadOutcome):
             if rec is None:
                 if not may_start:
                     raise NotRequested("not cached; no retrieval was requested")
-                rec = await self.request(entry)
+                rec = await self.request_within(entry, deadline - trio.current_time())
                 if rec is None:
-                    continue
+                    if self.cache.state(layout) == "cached":
+                        continue
+                    raise NotReady("retrieval requested")
             if rec.state == FAILED:
                 raise RetrievalFailed(rec.status_message or "retrieval failed")
             if rec.state == SUCCEEDED and rec.job_id:
@@ -373,6 +416,7 @@ class Retrieval(DownloadOutcome):
         """Background loops; returns only when cancelled."""
         self._recover()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self.downloader.run)
             nursery.start_soon(self._poll_loop)
             nursery.start_soon(self._queue_loop)

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import errno
 import json
+import contextlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from rel_util import (MIB, compare, count, count_duplicate_jobs, count_faults, daemon_pids,
-                      mount_env, mount_options, mounted, payload, poll_until, read_all, read_errno,
-                      seed_state, unverified_files, upload, xattr)
+from rel_util import (MIB, Mount, compare, count, count_duplicate_jobs, count_faults,
+                      daemon_pids, mount_env, mount_options, mounted, payload, poll_until,
+                      read_all, read_errno, seed_state, unverified_files, upload, xattr)
 
 from glacierfs.options import state_dir_for
 
@@ -132,6 +135,58 @@ def test_endpoint_down_at_mount_time(sim, tmp_path):
             assert time.monotonic() - start < 5, "an uncached read must fail fast"
         assert xattr(_path(mnt, 1), "user.glacier.job.status") == "Queued"
         assert subprocess.run(["ls", "-lR", str(mnt)], capture_output=True).returncode == 0
+    sim.start()
+
+
+@contextlib.contextmanager
+def _silent_endpoint(port: int):
+    """A server on ``port`` that accepts connections and never answers: a network that drops
+    replies, a wedged proxy. Refused connections fail fast; this is the case that does not."""
+    server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_silent_endpoint_never_holds_a_reader_or_a_mount(sim, tmp_path):
+    """With an endpoint that never answers, botocore's timeouts and retries add up to minutes.
+    A read of an uncached file still answers EAGAIN within seconds, a restore request returns,
+    and a first mount (nothing stored) fails with one line instead of hanging."""
+    (a, b), cache, mnt = _setup(sim, tmp_path, [MIB, MIB])
+    opts = mount_options(sim, cache)
+    sim.stop()
+    with _silent_endpoint(sim.port), mounted(mnt, opts) as m:
+        for _ in range(2):
+            start = time.monotonic()
+            assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+            assert time.monotonic() - start < 12, "an uncached read must not wait for Glacier"
+        start = time.monotonic()
+        os.setxattr(_path(mnt, 1), "user.glacier.restore", b"Bulk")
+        assert time.monotonic() - start < 12, "a restore request must not wait for Glacier"
+        assert sorted(os.listdir(mnt / "v" / "dir")) == ["file0.bin", "file1.bin"]
+        assert all(os.path.exists(f"/proc/{p}") for p in m.pids)
+        fresh = Mount(tmp_path / "mnt2", mount_options(sim, tmp_path / "cache2"))
+        start = time.monotonic()
+        proc = fresh.start(check=False)
+        assert proc.returncode != 0 and "no answer from Glacier" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert time.monotonic() - start < 60
     sim.start()
 
 
