@@ -99,8 +99,8 @@ class Retrieval(DownloadOutcome):
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
         self._starting: set[str] = set()  # archives whose InitiateJob call is in flight now
-        # archive -> (set when its request() ends, end of the window its callers wait for it)
-        self._requesting: dict[str, tuple[trio.Event, float]] = {}
+        # archive -> (set when its request() ends, end of the window its callers wait, vault)
+        self._requesting: dict[str, tuple[trio.Event, float, str]] = {}
         self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
 
@@ -179,7 +179,12 @@ class Retrieval(DownloadOutcome):
         result: list[JobRecord | None] = []
         if pending is None:
             done = trio.Event()
-            pending = self._requesting[archive_id] = (done, trio.current_time() + REQUEST_WAIT)
+            # A request of the same vault still unanswered past its window means Glacier is
+            # not answering: a thousand-file restore must not wait REQUEST_WAIT per file.
+            window_end = min([trio.current_time() + REQUEST_WAIT]
+                             + [end for _, end, vault in self._requesting.values()
+                                if vault == entry.vault])
+            pending = self._requesting[archive_id] = (done, window_end, entry.vault)
 
             async def in_background() -> None:
                 try:
@@ -191,7 +196,7 @@ class Retrieval(DownloadOutcome):
                     done.set()
 
             self._nursery.start_soon(in_background)
-        done, window_end = pending
+        done, window_end, _ = pending
         with trio.move_on_at(max(window_end, trio.current_time() + wait)):
             await done.wait()
         if not done.is_set():

@@ -172,13 +172,15 @@ def test_silent_endpoint_never_holds_a_reader_or_a_mount(sim, tmp_path):
     opts = mount_options(sim, cache)
     sim.stop()
     with _silent_endpoint(sim.port), mounted(mnt, opts) as m:
-        for _ in range(2):
-            start = time.monotonic()
-            assert read_errno(_path(mnt, 0)) == errno.EAGAIN
-            assert time.monotonic() - start < 12, "an uncached read must not wait for Glacier"
         start = time.monotonic()
+        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert time.monotonic() - start < 12, "an uncached read must not wait for Glacier"
+        # Once one request of the vault went unanswered, the next callers do not wait again
+        # (a thousand-file `glacierfs restore -r` must not take 5 s a file).
+        start = time.monotonic()
+        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
         os.setxattr(_path(mnt, 1), "user.glacier.restore", b"Bulk")
-        assert time.monotonic() - start < 12, "a restore request must not wait for Glacier"
+        assert time.monotonic() - start < 4, "later requests must not wait for Glacier again"
         assert sorted(os.listdir(mnt / "v" / "dir")) == ["file0.bin", "file1.bin"]
         assert all(os.path.exists(f"/proc/{p}") for p in m.pids)
         fresh = Mount(tmp_path / "mnt2", mount_options(sim, tmp_path / "cache2"))
