@@ -241,6 +241,9 @@ def test_mount_readahead_is_raised_or_left_alone(emulator, ids, mnt, mounts):
         return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
                    .read_text())
 
+    dev = os.stat(mnt.path).st_dev
+    if not os.access(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", os.W_OK):
+        pytest.skip("/sys is read-only here: the kernel's default readahead stays")
     wait_for(lambda: window(mnt) == 1024, 10, "1 MiB readahead on the default mount")
     plain = mounts(emulator.url, "plain-readahead", readahead="0")
     wait_listed(plain / VAULT, set(FILES) | {"tree"})
