@@ -99,14 +99,24 @@ class Retrieval(DownloadOutcome):
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
         self._starting: set[str] = set()  # archives whose InitiateJob call is in flight now
-        # archive -> (set when its request() ends, end of the window its callers wait, vault)
-        self._requesting: dict[str, tuple[trio.Event, float, str]] = {}
+        # archive -> (set when its request() ends, end of the window its callers wait, vault,
+        # tier): requests still waiting for Glacier's first answer
+        self._requesting: dict[str, tuple[trio.Event, float, str, str]] = {}
         self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
 
     # --- queries (for xattrs and status) --------------------------------------------------
     def record(self, archive_id: str) -> JobRecord | None:
-        return self.records.get(archive_id)
+        """The archive's job record; while its request still waits for Glacier's first answer
+        (a slow endpoint), a provisional Queued one, so getfattr shows that it was asked for."""
+        rec = self.records.get(archive_id)
+        if rec is None and archive_id in self._requesting:
+            _, _, vault, tier = self._requesting[archive_id]
+            return JobRecord(archive_id=archive_id, vault=vault, state=QUEUED, tier=tier,
+                             size=0, tree_hash=None,
+                             requested_at=time.time(),
+                             status_message="requested; waiting for Glacier to answer")
+        return rec
 
     def layout(self, entry: Entry) -> ArchiveLayout:
         """The archive's chunk grid; remembered, since every read needs it."""
@@ -182,9 +192,10 @@ class Retrieval(DownloadOutcome):
             # A request of the same vault still unanswered past its window means Glacier is
             # not answering: a thousand-file restore must not wait REQUEST_WAIT per file.
             window_end = min([trio.current_time() + REQUEST_WAIT]
-                             + [end for _, end, vault in self._requesting.values()
+                             + [end for _, end, vault, _ in self._requesting.values()
                                 if vault == entry.vault])
-            pending = self._requesting[archive_id] = (done, window_end, entry.vault)
+            pending = self._requesting[archive_id] = (done, window_end, entry.vault,
+                                                      tier or self.options.tier)
 
             async def in_background() -> None:
                 try:
@@ -196,7 +207,7 @@ class Retrieval(DownloadOutcome):
                     done.set()
 
             self._nursery.start_soon(in_background)
-        done, window_end, _ = pending
+        done, window_end, _, _ = pending
         with trio.move_on_at(max(window_end, trio.current_time() + wait)):
             await done.wait()
         if not done.is_set():

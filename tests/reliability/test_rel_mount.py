@@ -181,6 +181,10 @@ def test_silent_endpoint_never_holds_a_reader_or_a_mount(sim, tmp_path):
         assert read_errno(_path(mnt, 0)) == errno.EAGAIN
         os.setxattr(_path(mnt, 1), "user.glacier.restore", b"Bulk")
         assert time.monotonic() - start < 4, "later requests must not wait for Glacier again"
+        # getfattr says the files were asked for, though Glacier has not answered yet.
+        for i, tier in ((0, "Standard"), (1, "Bulk")):
+            assert xattr(_path(mnt, i), "user.glacier.job.status") == "Queued"
+            assert xattr(_path(mnt, i), "user.glacier.job.tier") == tier
         assert sorted(os.listdir(mnt / "v" / "dir")) == ["file0.bin", "file1.bin"]
         assert all(os.path.exists(f"/proc/{p}") for p in m.pids)
         fresh = Mount(tmp_path / "mnt2", mount_options(sim, tmp_path / "cache2"))
