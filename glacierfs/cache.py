@@ -57,7 +57,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from glacierfs import treehash
-from glacierfs.diskfull import is_disk_full
+from glacierfs.diskfull import LOCAL_ERRORS, is_disk_full
 from glacierfs.treehash import MIB, is_power_of_two
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ class ChunkCache:
         try:
             with self._room_lock:  # the index grew a little too: trim back under the limit
                 self._make_room_locked(0, keep=key)
-        except (OSError, sqlite3.Error) as exc:
+        except LOCAL_ERRORS as exc:
             log.warning("could not trim the cache after storing a chunk: %s", exc)
         log.debug("cached archive %s chunk %d (%d bytes)", layout.archive_id, index, len(data))
 

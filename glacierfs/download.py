@@ -149,16 +149,15 @@ class Downloader:
             key = (task.layout.archive_id, task.index)
             try:
                 await self._fetch(task)
-            except LOCAL_ERRORS as exc:  # the state dir's disk, not the chunk: try it later
-                log.warning("archive %s chunk %d: %s; retrying later", key[0][:16], key[1],
-                            diskfull.describe(exc, "the cache dir"))
+            except Exception as exc:  # the local disk, or a bug: a pause for this chunk only
+                if isinstance(exc, LOCAL_ERRORS):
+                    log.warning("archive %s chunk %d: %s; retrying later", key[0][:16], key[1],
+                                diskfull.describe(exc, "the cache dir"))
+                else:
+                    log.exception("archive %s chunk %d: internal error; retrying later",
+                                  key[0][:16], key[1])
                 full = diskfull.is_disk_full(exc)
                 self._notify(*key, CacheFullError(str(exc)) if full else exc)
-                self._retry_later(task)
-            except Exception as exc:  # a bug must cost this chunk a pause, not end the mount
-                log.exception("archive %s chunk %d: internal error; retrying later",
-                              key[0][:16], key[1])
-                self._notify(*key, exc)
                 self._retry_later(task)
             finally:
                 self._in_flight.discard(key)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import pyfuse3
 
 from glacierfs import status, xattrs
-from glacierfs.diskfull import LOCAL_ERRORS, describe, is_disk_full
+from glacierfs.diskfull import describe, is_disk_full
 from glacierfs.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
 from glacierfs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
@@ -72,13 +72,10 @@ def _handler(fn: F) -> F:
             raise
         except RetrievalError as exc:
             raise pyfuse3.FUSEError(_ERRNO.get(type(exc), errno.EIO)) from None
-        except LOCAL_ERRORS as exc:
-            if not is_disk_full(exc):
-                log.exception("internal error in %s", fn.__name__)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            log.warning("%s: %s", fn.__name__, describe(exc, "the cache dir"))
-            raise pyfuse3.FUSEError(errno.ENOSPC) from None
-        except Exception:
+        except Exception as exc:
+            if is_disk_full(exc):
+                log.warning("%s: %s", fn.__name__, describe(exc, "the cache dir"))
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.exception("internal error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import astuple, dataclass, fields
 
 from glacierfs import diskfull
 from glacierfs.diskfull import LOCAL_ERRORS
@@ -94,7 +94,7 @@ class JobStore:
             with self._store.transaction() as db:
                 db.executemany(f"INSERT OR REPLACE INTO jobs({', '.join(_COLUMNS)}) "
                                f"VALUES ({placeholders})",
-                               [[asdict(r)[c] for c in _COLUMNS] for r in self._unsaved.values()])
+                               [astuple(r) for r in self._unsaved.values()])
                 db.executemany("INSERT INTO spend(ts, bytes, archive_id) VALUES (?, ?, ?)",
                                self._unsaved_spend)
         except LOCAL_ERRORS as exc:

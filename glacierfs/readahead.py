@@ -35,9 +35,13 @@ async def apply(mountpoint: Path, size: int) -> None:
     """Set the mount's readahead to ``size`` bytes (0: leave the kernel's default)."""
     if size <= 0:
         return
+    def write() -> Path:
+        setting = bdi_setting(mountpoint)
+        setting.write_text(str(max(1, size // 1024)))
+        return setting
+
     try:
-        setting = await trio.to_thread.run_sync(bdi_setting, mountpoint)
-        await trio.to_thread.run_sync(setting.write_text, str(max(1, size // 1024)))
+        setting = await trio.to_thread.run_sync(write)
     except OSError as exc:
         log.debug("readahead left at the kernel's default: %s", exc)
         return

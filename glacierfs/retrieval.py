@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, UTC
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -80,6 +80,14 @@ def _utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+class _PendingRequest(NamedTuple):
+    """A ``request()`` still waiting for Glacier's first answer."""
+    done: trio.Event      # set when it ends
+    window_end: float     # until when its callers wait for it (trio clock)
+    vault: str
+    tier: str
+
+
 class Retrieval(DownloadOutcome):
     def __init__(self, jobstore: JobStore, client: glacier.AsyncGlacier, cache: ChunkCache,
                  options: MountOptions, entries: ArchiveLookup) -> None:
@@ -99,9 +107,7 @@ class Retrieval(DownloadOutcome):
         self._changed: dict[str, trio.Event] = {}
         self._queue_wake = trio.Event()
         self._starting: set[str] = set()  # archives whose InitiateJob call is in flight now
-        # archive -> (set when its request() ends, end of the window its callers wait, vault,
-        # tier): requests still waiting for Glacier's first answer
-        self._requesting: dict[str, tuple[trio.Event, float, str, str]] = {}
+        self._requesting: dict[str, _PendingRequest] = {}  # still waiting for Glacier
         self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
 
@@ -111,10 +117,9 @@ class Retrieval(DownloadOutcome):
         (a slow endpoint), a provisional Queued one, so getfattr shows that it was asked for."""
         rec = self.records.get(archive_id)
         if rec is None and archive_id in self._requesting:
-            _, _, vault, tier = self._requesting[archive_id]
-            return JobRecord(archive_id=archive_id, vault=vault, state=QUEUED, tier=tier,
-                             size=0, tree_hash=None,
-                             requested_at=time.time(),
+            pending = self._requesting[archive_id]
+            return JobRecord(archive_id=archive_id, vault=pending.vault, state=QUEUED,
+                             tier=pending.tier, size=0, tree_hash=None, requested_at=time.time(),
                              status_message="requested; waiting for Glacier to answer")
         return rec
 
@@ -192,10 +197,10 @@ class Retrieval(DownloadOutcome):
             # A request of the same vault still unanswered past its window means Glacier is
             # not answering: a thousand-file restore must not wait REQUEST_WAIT per file.
             window_end = min([trio.current_time() + REQUEST_WAIT]
-                             + [end for _, end, vault, _ in self._requesting.values()
-                                if vault == entry.vault])
-            pending = self._requesting[archive_id] = (done, window_end, entry.vault,
-                                                      tier or self.options.tier)
+                             + [p.window_end for p in self._requesting.values()
+                                if p.vault == entry.vault])
+            pending = self._requesting[archive_id] = _PendingRequest(
+                done, window_end, entry.vault, tier or self.options.tier)
 
             async def in_background() -> None:
                 try:
@@ -207,10 +212,9 @@ class Retrieval(DownloadOutcome):
                     done.set()
 
             self._nursery.start_soon(in_background)
-        done, window_end, _, _ = pending
-        with trio.move_on_at(max(window_end, trio.current_time() + wait)):
-            await done.wait()
-        if not done.is_set():
+        with trio.move_on_at(max(pending.window_end, trio.current_time() + wait)):
+            await pending.done.wait()
+        if not pending.done.is_set():
             raise NotReady("starting the retrieval: Glacier has not answered yet")
         if result:
             return result[0]
@@ -583,10 +587,11 @@ class Retrieval(DownloadOutcome):
             self._queue_wake = trio.Event()
             try:
                 await self._start_queued()
-            except LOCAL_ERRORS as exc:  # the state dir's disk: try again next round
-                log.warning("queued retrievals not started: %s", exc)
-            except Exception:  # a bug must not end the mount; the records stay queued
-                log.exception("starting queued retrievals: internal error")
+            except Exception as exc:  # one bad round must not end the mount; records stay queued
+                if isinstance(exc, LOCAL_ERRORS):
+                    log.warning("queued retrievals not started: %s", exc)
+                else:
+                    log.exception("starting queued retrievals: internal error")
 
     async def _start_queued(self) -> None:
         """Start what the limits allow, oldest request first."""

@@ -192,13 +192,9 @@ def test_full_state_disk_holds_the_paid_call_until_the_job_can_be_recorded(
 
     trio.run(main)
     assert sim.stats()["requests"].get("InitiateJob") == 1
-    stored = JobStore(core.store).load_all()[f_archive_id(core, vault)]
+    stored = JobStore(core.store).load_all()[core.file(vault, "full.txt").archive_id]
     assert stored.state == "Succeeded"  # the record reached the disk once there was room
     core.close()
-
-
-def f_archive_id(core: Core, vault: str) -> str:
-    return core.file(vault, "full.txt").archive_id
 
 
 def _refuse_job_writes(action: int, table: str | None, *_: object) -> int:

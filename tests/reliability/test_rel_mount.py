@@ -285,6 +285,19 @@ def test_credentials_never_in_logs_xattrs_or_status(sim, tmp_path):
     count(faults_injected=0)
 
 
+@contextlib.contextmanager
+def _small_disk(path: Path, size: str):
+    """``path`` as a tmpfs of ``size`` (say ``8m``) for the duration, so a test can fill it;
+    grow it with ``mount -o remount,size=…``."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
     """The cache dir on an 8 MiB tmpfs: a 12 MiB file cannot fit; readers of its missing
     chunks get ENOSPC, what is cached stays valid, and once the tmpfs is grown the download
@@ -293,12 +306,8 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
     client = sim.client()
     client.create_vault(vaultName="v")
     big = upload(client, "v", 12 * MIB, seed=300, description="dir/file0.bin")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(cache)],
-                   check=True)
     mnt = tmp_path / "mnt"
-    try:
+    with _small_disk(tmp_path / "cache", "8m") as cache:
         seed_state(state_dir_for(cache, "us-east-1", sim.url), "v", [big])
         opts = mount_options(sim, cache, cache_size="1G", downloads="2")
         with mounted(mnt, opts):
@@ -323,8 +332,6 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
         assert _initiates(sim) == 1
         assert sim.stats()["requests"].get("GetJobOutput") == 12  # 12 MiB in 1 MiB chunks, once
         assert unverified_files(state_dir_for(cache, "us-east-1", sim.url) / "chunks", [big]) == []
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 
 
 @pytest.mark.sim_args("--delay", "inventory=0.5")
@@ -334,12 +341,8 @@ def test_inventory_onto_a_full_disk_keeps_the_mount_up_and_loads_once_there_is_r
     disk is grown the next listing loads it, from the same inventory job."""
     sim.client().create_vault(vaultName="big")
     sim.synthesize("big", 60000, size=100, description="photos/img{i}.jpg")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(cache)],
-                   check=True)
     mnt = tmp_path / "mnt"
-    try:
+    with _small_disk(tmp_path / "cache", "24m") as cache:
         with mounted(mnt, mount_options(sim, cache)) as m:
             def message() -> str:
                 os.listdir(mnt / "big")  # listing is what (re)starts the inventory
@@ -358,8 +361,6 @@ def test_inventory_onto_a_full_disk_keeps_the_mount_up_and_loads_once_there_is_r
             assert xattr(mnt / "big", "user.glacier.number_of_archives") == "60000"
             assert "user.glacier.inventory.message" not in os.listxattr(mnt / "big")
         assert _initiates(sim) == 1  # the finished job was downloaded again, not paid again
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 
 
 def test_payload_helper_is_deterministic():
