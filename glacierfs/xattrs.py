@@ -33,14 +33,18 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
     state, held = retrieval.cache_state(entry)
     values["user.glacier.cache"] = state
     values["user.glacier.cache.bytes"] = str(held)
+    if retrieval.room.is_pinned(entry.archive_id or ""):
+        values["user.glacier.cache.pinned"] = "held" if retrieval.room.is_held(
+            entry.archive_id or "") else "wanted"
     rec = retrieval.record(entry.archive_id or "")
     if rec is not None:
         values["user.glacier.job.status"] = rec.public_status
         values["user.glacier.job.tier"] = rec.tier
         if rec.job_id:
             values["user.glacier.job.id"] = rec.job_id
-        if rec.status_message:
-            values["user.glacier.job.status_message"] = rec.status_message
+        message = retrieval.shown_message(rec, state)
+        if message:
+            values["user.glacier.job.status_message"] = message
         if rec.creation_date:
             values["user.glacier.job.creation_date"] = rec.creation_date
         if rec.completion_date:
