@@ -47,7 +47,7 @@ CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished
 START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
 LOCAL_RETRY = 10.0           # … or that waits only for room in the cache dir to record it
 # How long a read or a restore request waits for Glacier's answers (ListJobs, InitiateJob) before
-# answering: past it the request goes on in the background and the reader gets EAGAIN. With a
+# answering: past it the request goes on in the background and the reader gets "not ready". With a
 # dead or silent endpoint botocore's timeouts and retries take minutes; a `cat` must not.
 REQUEST_WAIT = 5.0
 # Every this many polling rounds a vault's jobs are listed whole (the others list only completed
@@ -64,7 +64,7 @@ class RetrievalError(Exception):
 
 
 class NotReady(RetrievalError):
-    """A retrieval is queued or running; try again later (EAGAIN)."""
+    """A retrieval is queued or running; try again later (EREMOTE; EAGAIN on O_NONBLOCK handles)."""
 
 
 class NotRequested(RetrievalError):
