@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-key-id", default=None,
                    help="if given, requests signed with another access key id get 403 "
                         "UnrecognizedClientException (signatures themselves are not checked)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3 endpoint (S3 API, e.g. a local S3 server) where select jobs write "
+                        "their output; without it InitiateJob refuses select jobs")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--verbose", action="store_true", help="log every HTTP exchange")
     return p
@@ -141,7 +144,9 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"glacierfs sim: cannot use data dir {args.data_dir}: {exc}", file=sys.stderr)
         return 2
-    sim = Sim.open(store, config, seed=args.seed)
+    sim = Sim.open(store, config, seed=args.seed, s3_endpoint=args.s3_endpoint)
+    if args.s3_endpoint:
+        sim.select.watch(sim.jobs)
     for rule in args.fault:
         sim.faults.append(rule)
     try:
