@@ -107,7 +107,8 @@ def cmd_select(argv: list[str]) -> int:
         status = job.get("status") if job else None
         if status == "Failed":
             return _report_failure(job, doc)
-        if not args.wait and job and (job.get("job_id") or time.monotonic() > answer_by):
+        if not args.wait and job and (job.get("job_id") or job.get("message")
+                                      or time.monotonic() > answer_by):
             return _report_started(job)
         if args.wait and status == "Succeeded":
             return _write_rows(job, doc)

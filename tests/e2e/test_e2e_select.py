@@ -171,3 +171,29 @@ def test_select_jobs_count_against_max_jobs(emulator, s3, mounts):
              == "Queued", timeout=20, what="the retrieval held by max_jobs")
     message = getfattr_one(mnt / VAULT / "other.bin", "user.glacier.job.status_message") or ""
     assert "max_jobs" in message
+
+
+def test_select_jobs_spend_the_budget(emulator, s3, mounts):
+    size = len(csv_data())
+    small = mounts(emulator.url, "tight", s3_endpoint_url=s3.url, budget=f"{size // 2}")
+    wait_listed(small / VAULT, {"sales.csv"})
+    held = select(small / VAULT / "sales.csv", "--query", "SELECT _1 FROM archive",
+                  "--output", f"s3://{BUCKET}/budget-held", "--tier", "Expedited")
+    assert held.returncode == 0, held.stderr
+    assert "Queued" in held.stdout and "budget" in held.stdout
+    roomy = mount(mounts, emulator, s3, "roomy", budget=f"{size + 500}")
+    before = initiated(emulator)
+    done = select(roomy / VAULT / "sales.csv", "--query", "SELECT _1 FROM archive WHERE _1 = '7'",
+                  "--output", f"s3://{BUCKET}/budget", "--tier", "Expedited", "--wait",
+                  "--timeout", "60")
+    assert done.returncode == 0 and rows(done.stdout) == [["7"]], done.stderr
+    assert initiated(emulator) == before + 1
+    status = json.loads(run(sys.executable, "-m", "glacierfs.cli", "status", roomy.path,
+                            "--json").stdout)
+    assert status["limits"]["budget_used"] == size  # the archive's size: what a select scans
+    proc = run("setfattr", "-n", "user.glacier.restore", "-v", "Expedited",
+               roomy / VAULT / "other.bin")
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: "budget" in (getfattr_one(roomy / VAULT / "other.bin",
+                                               "user.glacier.job.status_message") or ""),
+             timeout=20, what="the retrieval held by the budget the select spent")
