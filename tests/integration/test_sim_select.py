@@ -129,6 +129,13 @@ def test_positions_and_names(sim, glacier, s3, people):
     assert parsed(none) == [[r[0]] for r in PEOPLE]
 
 
+def test_quoted_names_are_exact_and_object_names_the_archive(sim, glacier, s3):
+    archive = upload(glacier, VAULT, b"Name,name,CAST\nA,b,c\n", "case.csv")
+    text = run(sim, glacier, s3, archive, 'SELECT s."Name", s."name", s."CAST" FROM object s',
+               {"FileHeaderInfo": "USE"})
+    assert parsed(text) == [["A", "b", "c"]]
+
+
 def _num(v: str) -> float | None:
     try:
         return float(v)
@@ -315,6 +322,8 @@ SYNC_ERRORS = [
      "InvalidParameterValueException"),
     ("other table", {"SelectParameters": _sel("SELECT * FROM s3object")},
      "InvalidParameterValueException"),
+    ("reserved keyword", {"SelectParameters": _sel("SELECT s.CAST FROM archive s")},
+     "InvalidParameterValueException"),
     ("count", {"SelectParameters": _sel("SELECT COUNT(*) FROM archive")},
      "InvalidParameterValueException"),
     ("sum", {"SelectParameters": _sel("SELECT SUM(_1) FROM archive")},
@@ -397,6 +406,8 @@ def test_unknown_archive_is_404(glacier):
     (b"a,b\n1,x\n", "SELECT CAST(_2 AS INT) FROM archive", {}, "CAST failed"),
     (b"a,b\n1,2\n", "SELECT s.nope FROM archive s", {"FileHeaderInfo": "USE"}, "nope"),
     (b"a,b\n1,2\n", "SELECT a FROM archive", {"FileHeaderInfo": "NONE"}, "header"),
+    (b"Name,name\n1,2\n", "SELECT s.name FROM archive s", {"FileHeaderInfo": "USE"},
+     "ambiguous"),
 ])
 def test_errors_while_running(sim, glacier, s3, data, expression, inp, message):
     archive = upload(glacier, VAULT, data, "e.bin")

@@ -81,10 +81,15 @@ def _resolver(header: list[str] | None) -> sql.Resolver:
         if header is None:
             raise sql.UnknownColumn(f"Column name {name!r} is not allowed without a header "
                                     "(FileHeaderInfo USE); use positions (_1, _2, …)")
-        for i, h in enumerate(header, 1):
-            if (h == name) if kind == "qname" else (h.lower() == name.lower()):
-                return i
-        raise sql.UnknownColumn(f"Column {name!r} is not in the archive's header")
+        found = [i for i, h in enumerate(header, 1)
+                 if ((h == name) if kind == "qname" else (h.lower() == name.lower()))]
+        if len(found) > 1:
+            raise sql.UnknownColumn(f"Column name {name!r} is ambiguous: the header has "
+                                    f"{len(found)} columns of that name (quote it for an "
+                                    "exact match)")
+        if not found:
+            raise sql.UnknownColumn(f"Column {name!r} is not in the archive's header")
+        return found[0]
     return resolve
 
 

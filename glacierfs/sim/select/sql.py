@@ -208,7 +208,7 @@ class _Translator:
             self.i += 1
         list_end = self.i
         self.expect("FROM")
-        if not (self.tok.kind == "id" and self.tok.upper == "ARCHIVE"):
+        if not (self.tok.kind == "id" and self.tok.upper in ("ARCHIVE", "OBJECT")):
             raise self.error("expected FROM archive (the archive is the only table)")
         self.next()
         if self.accept("AS"):
@@ -398,6 +398,9 @@ class _Translator:
             if tok.kind not in ("id", "qid"):
                 raise SqlError(f"expected a column name after {self.alias}. at position "
                                f"{tok.pos + 1}")
+            if tok.kind == "id" and tok.upper in KEYWORDS:
+                raise SqlError(f"{tok.text} is a reserved keyword: write it in double quotes "
+                               f"to name a column (position {tok.pos + 1})")
         if tok.kind == "qid":
             number = self.resolver("qname", tok.text[1:-1].replace('""', '"'))
         elif re.fullmatch(r"_[1-9][0-9]*", tok.text):
