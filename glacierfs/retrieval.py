@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, UTC
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import trio
@@ -119,6 +120,8 @@ class Retrieval(DownloadOutcome):
         self._requesting: dict[str, _PendingRequest] = {}  # still waiting for Glacier
         self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
+        # Other paid jobs in flight that count against max_jobs (select jobs: selectjobs.py).
+        self.extra_in_flight: Callable[[], int] = lambda: 0
 
     # --- queries (for xattrs and status) --------------------------------------------------
     def record(self, archive_id: str) -> JobRecord | None:
@@ -250,6 +253,7 @@ class Retrieval(DownloadOutcome):
             return room
         if opts.max_jobs:
             running = sum(1 for r in self.records.values() if r.state in (IN_PROGRESS, INITIATING))
+            running += self.extra_in_flight()
             if running >= opts.max_jobs:
                 return f"waiting: {running} of max_jobs={opts.max_jobs} jobs in flight"
         if opts.budget is not None:
