@@ -243,12 +243,13 @@ class Retrieval(DownloadOutcome):
             return result[0]
         return self.records.get(archive_id)  # another caller's request, now finished
 
-    def _limits_allow(self, rec: JobRecord) -> str | None:
-        """None when ``rec`` may start now, else the reason it waits (shown to users)."""
+    def _limits_allow(self, rec: JobRecord, cache_room: bool = True) -> str | None:
+        """None when ``rec`` may start now, else the reason it waits (shown to users).
+        ``cache_room``: its bytes come into the cache (not so for a select job's)."""
         opts = self.options
         if time.time() < self.unreachable_until:
             return "the Glacier endpoint is unreachable; will retry"
-        room = self.room.refuses(rec.archive_id, rec.size)
+        room = self.room.refuses(rec.archive_id, rec.size) if cache_room else None
         if room is not None:
             return room
         if opts.max_jobs:

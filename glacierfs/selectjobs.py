@@ -175,7 +175,7 @@ class SelectJobs:
 
     def _limits(self, rec: SelectRecord) -> str | None:
         # Retrieval's rule, which counts select jobs in flight through its hook.
-        return self.retrieval._limits_allow(rec)  # type: ignore[arg-type]
+        return self.retrieval._limits_allow(rec, cache_room=False)  # type: ignore[arg-type]
 
     async def _find_remote(self, entry: Entry, key: str,
                            spec: SelectRequest) -> SelectRecord | None:
