@@ -56,10 +56,11 @@ BLOCK = 4 * treehash.MIB          # read size: four tree-hash leaves, hashed in 
 POLL_MIN = 0.2                    # seconds between rounds while something moves
 POLL_MAX = 10.0                   # … and at most this long while jobs run (hours on AWS)
 POLL_GROWTH = 1.5
-# Room left unrequested for the cache's own index and rounding: its ``used`` counts the SQLite
-# index too, so a batch filling the limit exactly would still evict one of its own files.
-RESERVE_MIN = 1024 * 1024
-RESERVE_FRACTION = 1 / 64
+# Room left unrequested for the cache's own index: its ``used`` counts the SQLite index too
+# (tens of KiB, a few hundred bytes per chunk), so a batch filling the limit exactly would still
+# evict one of its own files.
+RESERVE_MIN = 256 * 1024
+RESERVE_FRACTION = 1 / 1024
 MAX_RETRIES = 1                   # a failed read or verification is retried once
 MAX_REFETCH = 3                   # an uncopied file evicted this often: the cache is too busy
 PROGRESS_EVERY = 0.25             # seconds between progress redraws
