@@ -360,6 +360,8 @@ class Copier:
         cache = doc.get("cache", {})
         limit = int(cache.get("limit") or 0)
         ours = [i for i in self.items if i.state == REQUESTED and i.mount == item.mount]
+        if not limit:   # a mount that reports no cache limit: nothing to fit
+            limit = sys.maxsize
         if item.size > limit:
             return (f"!larger ({human(item.size)}) than the mount's cache "
                     f"({human(limit)}); remount with a larger cache_size")

@@ -10,6 +10,7 @@ jobs of one test never show up in another.
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import random
 import signal
@@ -167,6 +168,48 @@ def test_second_run_starts_and_downloads_nothing(emulator, tree_mount, tree_dest
     assert "jobs to start: none" in proc.stdout.decode()
 
 
+def test_single_files_go_where_cp_puts_them(emulator, tree_mount, tmp_path):
+    mnt, _ = tree_mount
+    first, second = sorted(TREE)[:2]
+    jobs_before = counters(emulator)[0]
+    proc = glacierfs("copy", mnt / "tree" / first, tmp_path / "renamed.jpg")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "renamed.jpg").read_bytes() == TREE[first][1]
+    into = tmp_path / "into"
+    into.mkdir()
+    proc = glacierfs("copy", mnt / "tree" / first, mnt / "tree" / second, into)
+    assert proc.returncode == 0, proc.stderr
+    for path in (first, second):
+        copy = into / os.path.basename(path)
+        assert copy.read_bytes() == TREE[path][1]
+        assert os.stat(copy).st_mtime == TREE[path][2]
+    assert counters(emulator)[0] == jobs_before   # the archives' jobs are reused
+
+
+def test_ctrl_c_exits_with_one_line(emulator, tree_mount, tmp_path):
+    mnt, _ = tree_mount
+    dest = tmp_path / "out"
+    emulator.add_fault({"operation": "GetJobOutput", "fault": "slow", "delay": 1,
+                        "vault": "tree"})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "glacierfs.cli", "copy", "-r",
+                                 str(mnt / "tree" / "photos"), str(dest)], env=TOOL_ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (dest.exists() and any(p.is_file() for p in dest.rglob("*.jpg"))):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        emulator.clear_faults()
+    assert proc.returncode == 130, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), lines
+    assert "run the same command again" in lines[0]
+    assert not list(dest.rglob(f"*{TEMP_SUFFIX}"))
+
+
 def test_bad_arguments_are_one_line(tree_mount, tmp_path):
     mnt, _ = tree_mount
     proc = glacierfs("copy", mnt / "tree" / "photos", tmp_path)
@@ -216,6 +259,30 @@ def test_copy_killed_and_run_again(emulator, module_mounts, tmp_path):
     assert jobs == FILES
     assert sent <= MAX_SENT * total, (sent, total)
     one_job_each(emulator, "killed", ids)
+
+
+# --- max_jobs ---------------------------------------------------------------------------------
+
+LIMITED = tree(4, count=6, size=MIB)
+
+
+def test_copy_keeps_within_max_jobs(emulator, module_mounts, tmp_path):
+    mnt, ids = upload_vault(emulator, module_mounts, "limited", LIMITED, max_jobs=2)
+    dest = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "glacierfs.cli", "copy", "-r",
+                             str(mnt / "limited" / "photos"), str(dest)], env=TOOL_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    most = 0
+    while proc.poll() is None:   # jobs the mount holds back (Queued) or runs, while it copies
+        doc = json.loads(os.getxattr(mnt.path, "user.glacier.status"))
+        counts = doc["job_counts"]
+        most = max(most, counts.get("InProgress", 0) + counts.get("Queued", 0))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert most <= 2, most   # copy asks for no more than max_jobs at a time
+    check_copies(dest, LIMITED)
+    one_job_each(emulator, "limited", ids)
 
 
 # --- a failed job ------------------------------------------------------------------------------
