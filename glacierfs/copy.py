@@ -39,6 +39,7 @@ Exit status: 0 when every file is copied and verified (or already was), 1 when s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -107,7 +108,6 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
     """Copy one cached file to its DEST through its temporary name; see the module docstring.
     Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
     tmp = item.temp
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     hasher = treehash.TreeHasher()
     buf = bytearray(BLOCK)
     view = memoryview(buf)
@@ -116,7 +116,10 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
     except OSError as exc:
         raise ReadFailed(f"open: {exc.strerror}") from None
     try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)   # a leftover of a killed run: start afresh, with today's umask
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             while True:
                 try:
@@ -144,7 +147,7 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
             os.close(out)
         os.rename(tmp, item.dest)
     except BaseException as exc:
-        with _suppress_os():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno in DEST_FULL:
             raise DestFull(f"{item.dest}: {exc.strerror}") from None
@@ -156,14 +159,6 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-
-
-class _suppress_os:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, OSError)
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -410,7 +405,7 @@ def classify(items: list[Item]) -> None:
     for item in items:
         if copyplan.verified_in_dest(item):
             item.state = SKIPPED
-            with _suppress_os():
+            with contextlib.suppress(OSError):
                 os.unlink(item.temp)   # a leftover of a killed run
         elif item.size == 0 or item.cache in ("cached", "partial") \
                 or item.job_status in ("InProgress", "Queued"):
