@@ -33,7 +33,8 @@ retrievals still under way are waited for, not requested again, and nothing alre
 downloaded again. A file whose earlier job failed is requested again (a new job).
 
 Exit status: 0 when every file is copied and verified (or already was), 1 when some failed,
-2 for bad arguments, 130 when interrupted (Ctrl-C or SIGTERM, with a one-line summary).
+2 for bad arguments or a vault whose inventory is not in yet (nothing started), 130 when
+interrupted (Ctrl-C or SIGTERM, with a one-line summary).
 """
 
 from __future__ import annotations

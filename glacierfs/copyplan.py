@@ -106,8 +106,16 @@ def _walk(src: Path, dest: Path, mount: Path, items: list[Item], dirs: list[Path
     dirs.append(dest)
     for root, subdirs, files in os.walk(src):
         rootp = Path(root)
-        if BY_ID_DIR in subdirs and xattr(rootp, VAULT_XATTR) is not None:
-            subdirs.remove(BY_ID_DIR)   # every archive is already under its name
+        if xattr(rootp, VAULT_XATTR) is not None:
+            if xattr(rootp, "user.glacier.inventory.date") is None:
+                # The vault lists as empty until its inventory is in: copying "nothing" and
+                # exiting 0 would look like success.
+                why = xattr(rootp, "user.glacier.inventory.message") or \
+                    f"inventory {xattr(rootp, 'user.glacier.inventory.job.status') or 'None'}"
+                raise PlanError(f"{rootp}: the vault's inventory is not in yet ({why}); "
+                                "run again once it lists")
+            if BY_ID_DIR in subdirs:
+                subdirs.remove(BY_ID_DIR)   # every archive is already under its name
         subdirs.sort()
         rel = rootp.relative_to(src)
         for d in subdirs:

@@ -308,3 +308,20 @@ def test_failed_job_is_reported_and_the_rest_copied(emulator, module_mounts, tmp
     rest = {p: v for p, v in FAILING.items() if p != first}
     check_copies(dest, rest)
     assert not (dest / first).exists()
+
+
+def test_a_vault_still_without_inventory_is_an_error_not_an_empty_copy(emulator, module_mounts,
+                                                                       tmp_path):
+    client = emulator.client()
+    client.create_vault(vaultName="late")
+    client.upload_archive(vaultName="late", body=b"x" * 1000, archiveDescription="late.txt")
+    delays = emulator.control("GET", "delays")
+    emulator.set_delays(inventory=600)
+    try:
+        mnt = module_mounts(emulator.url, "late", vaults="late")
+        proc = glacierfs("copy", "-r", mnt / "late", tmp_path / "out")
+    finally:
+        emulator.set_delays(**delays)
+    assert proc.returncode == 2, proc.stderr
+    assert "inventory is not in yet" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
