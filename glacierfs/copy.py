@@ -417,6 +417,10 @@ def classify(items: list[Item]) -> None:
             item.needs_job = item.job_status in (None, "Failed")
 
 
+def money(amount: float) -> str:
+    return f"{amount:.2f}" if amount >= 1 or amount == 0 else f"{amount:.4f}"
+
+
 def dry_run(items: list[Item], tier: str | None, prices: dict) -> int:  # type: ignore[type-arg]
     docs: dict[Path, dict] = {}  # type: ignore[type-arg]
     jobs: dict[str, tuple[int, int]] = {}
@@ -456,7 +460,8 @@ def dry_run(items: list[Item], tier: str | None, prices: dict) -> int:  # type: 
         print("jobs to start: none")
     est = pricing.estimate(prices, jobs, to_fetch)
     print(f"estimated cost ({est.region} prices, {est.currency}): retrieval "
-          f"{est.retrieval:.2f}, data transfer out {est.transfer:.2f}, total {est.total:.2f} "
+          f"{money(est.retrieval)}, data transfer out {money(est.transfer)}, total "
+          f"{money(est.total)} "
           f"(list prices; override with --price-file or ${pricing.PRICE_FILE_ENV})")
     for mount, doc in docs.items():
         limit = int(doc.get("cache", {}).get("limit") or 0)
@@ -491,16 +496,19 @@ def _terminate(signum: int, frame: object) -> None:
 def cmd_copy(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="glacierfs copy",
+        usage="glacierfs copy [-h] [-r] [--tier T] [--dry-run] [--price-file FILE] SRC... DEST",
         description="Copy files or trees out of a glacierfs mount into a local directory "
                     "(like cp -r), through a cache of any size: retrievals are requested in "
                     "batches that fit the cache, each file is copied as soon as it is cached "
                     "and verified against its tree hash. Run it again to resume.")
-    p.add_argument("paths", nargs="+", metavar="SRC... DEST")
+    p.add_argument("paths", nargs="+", metavar="SRC... DEST",
+                   help="files or directories on a glacierfs mount, then where to copy them")
     p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
-    p.add_argument("--tier", choices=TIERS, help="tier of new jobs (default: the mount's)")
+    p.add_argument("--tier", choices=TIERS, metavar="T",
+                   help="tier of new jobs: Expedited, Standard or Bulk (default: the mount's)")
     p.add_argument("--dry-run", action="store_true",
                    help="start nothing; show files, bytes, jobs and an estimated cost")
-    p.add_argument("--price-file", help="JSON overriding the built-in price table (also "
+    p.add_argument("--price-file", metavar="FILE", help="JSON overriding the built-in price table (also "
                                         f"${pricing.PRICE_FILE_ENV})")
     args = p.parse_args(argv)
     if len(args.paths) < 2:
