@@ -65,6 +65,9 @@ RESERVE_MIN = 256 * 1024
 RESERVE_FRACTION = 1 / 1024
 MAX_RETRIES = 1                   # a failed read or verification is retried once
 MAX_REFETCH = 3                   # an uncopied file evicted this often: the cache is too busy
+# A request the mount shows no trace of (no job, nothing cached) after this long is made again:
+# the daemon may have been restarted before it recorded it.
+REREQUEST_AFTER = 60.0
 PROGRESS_EVERY = 0.25             # seconds between progress redraws
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -262,6 +265,7 @@ class Copier:
             self.fail(item, f"cannot request the retrieval: {exc.strerror}")
             return
         item.state = REQUESTED
+        item.requested_at = time.monotonic()
 
     # -- one round
     def copy_ready(self) -> bool:
@@ -283,9 +287,13 @@ class Copier:
                 message = copyplan.xattr(item.src, "user.glacier.job.status_message")
                 self.fail(item, f"retrieval failed: {message or 'unknown reason'}")
                 changed = True
-            elif item.cache == "absent" and item.seen_bytes and item.job_status == "Succeeded":
+            elif item.cache == "absent" and (
+                    (item.seen_bytes and item.job_status == "Succeeded")
+                    or (item.job_status is None
+                        and time.monotonic() - item.requested_at > REREQUEST_AFTER)):
                 # Evicted before we could copy it (the cache is shared, or smaller than it
-                # said): ask for it again, from the same job while its output lasts.
+                # said), or a request the mount lost: ask again (the same job while its
+                # output lasts).
                 item.refetches += 1
                 item.seen_bytes = False
                 if item.refetches > MAX_REFETCH:
@@ -411,6 +419,7 @@ def classify(items: list[Item]) -> None:
         elif item.size == 0 or item.cache in ("cached", "partial") \
                 or item.job_status in ("InProgress", "Queued"):
             item.state = REQUESTED
+            item.requested_at = time.monotonic()
             item.needs_job = item.job_status is None and item.cache == "absent"
         else:
             item.state = PENDING

@@ -64,7 +64,8 @@ class Item:
     needs_job: bool = True   # requesting it starts a paid job (no usable one exists)
     error: str | None = None
     retries: int = 0         # failed reads or verifications so far
-    refetches: int = 0       # times it was evicted before it could be copied
+    refetches: int = 0       # times it was asked for again (evicted before it was copied…)
+    requested_at: float = 0.0   # time.monotonic() of our last request
     seen_bytes: bool = False   # some of it was seen in the cache since it was requested
     stale_job_id: str | None = None   # a Failed job replaced by our request: not ours to report
 
