@@ -68,6 +68,8 @@ MAX_REFETCH = 3                   # an uncopied file evicted this often: the cac
 # A request the mount shows no trace of (no job, nothing cached) after this long is made again:
 # the daemon may have been restarted before it recorded it.
 REREQUEST_AFTER = 60.0
+# An earlier failed job still shown this long after we asked for a new one is our failure too.
+STALE_FAILURE = 30.0
 PROGRESS_EVERY = 0.25             # seconds between progress redraws
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -281,8 +283,8 @@ class Copier:
                 self.copy_one(item)
                 changed = True
             elif item.job_status == "Failed":
-                if item.stale_job_id and \
-                        copyplan.xattr(item.src, "user.glacier.job.id") == item.stale_job_id:
+                if item.stale_job_id and time.monotonic() - item.requested_at < STALE_FAILURE \
+                        and copyplan.xattr(item.src, "user.glacier.job.id") == item.stale_job_id:
                     continue  # our request has not replaced the old failed job yet
                 message = copyplan.xattr(item.src, "user.glacier.job.status_message")
                 self.fail(item, f"retrieval failed: {message or 'unknown reason'}")

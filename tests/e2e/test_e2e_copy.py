@@ -67,7 +67,7 @@ def upload_vault(emulator, module_mounts, vault: str, files: dict, **options):
                                           archiveDescription=description)["archiveId"]
     mount = module_mounts(emulator.url, vault, vaults=vault, **options)
     wait_listed(mount / vault, {"photos", ".by-id"})
-    wait_listed(mount / vault / "photos", {"2015", "2016", "2017"})
+    wait_listed(mount / vault / "photos", {p.split("/")[1] for p in files})
     return mount, ids
 
 
@@ -308,6 +308,28 @@ def test_failed_job_is_reported_and_the_rest_copied(emulator, module_mounts, tmp
     rest = {p: v for p, v in FAILING.items() if p != first}
     check_copies(dest, rest)
     assert not (dest / first).exists()
+    # Run again: the failed archive gets a new job, nothing else is asked for again.
+    proc = glacierfs("copy", "-r", mnt / "failing" / "photos", dest)
+    assert proc.returncode == 0, proc.stderr
+    assert "copied 1 files" in proc.stdout.decode() and "3 already up to date" in \
+        proc.stdout.decode()
+    check_copies(dest, FAILING)
+    assert len(archive_jobs(emulator, "failing", ids[first])) == 2
+    one_job_each(emulator, "failing", {p: a for p, a in ids.items() if p != first})
+
+
+def test_a_file_larger_than_the_cache_fails_alone(emulator, module_mounts, tmp_path):
+    files = {"photos/big.bin": ("photos/big.bin", random.Random(5).randbytes(3 * MIB), 0),
+             "photos/small.bin": ("photos/small.bin", random.Random(6).randbytes(MIB), 0)}
+    mnt, ids = upload_vault(emulator, module_mounts, "small", files, cache_size="2M",
+                            chunk_size="1M")
+    before = counters(emulator)[0]
+    proc = glacierfs("copy", "-r", mnt / "small" / "photos", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "big.bin: larger (3.0 MiB) than the mount's cache (2.0 MiB)" in proc.stderr
+    assert (tmp_path / "photos" / "small.bin").read_bytes() == files["photos/small.bin"][1]
+    assert not (tmp_path / "photos" / "big.bin").exists()
+    assert counters(emulator)[0] - before == 1   # no job for what cannot be held
 
 
 def test_a_vault_still_without_inventory_is_an_error_not_an_empty_copy(emulator, module_mounts,
