@@ -228,6 +228,60 @@ class Progress:
         self.draw(force=True)
 
 
+# --- what may be requested now -----------------------------------------------------------------
+
+class Tally:
+    """Our requested-but-not-yet-copied files on one mount: their bytes, and those of them
+    still waiting for a job to start (they will take a ``max_jobs`` slot and budget)."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.count = 0
+        self.unstarted = 0
+        self.unstarted_bytes = 0
+
+    def add(self, item: Item) -> None:
+        self.held += item.size
+        self.count += 1
+        if item.needs_job and item.job_status in (None, "Queued", "Failed"):
+            self.unstarted += 1
+            self.unstarted_bytes += item.size
+
+
+def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[type-arg]
+    """None if ``item`` may be requested now; why it waits; or ``!reason`` if it never can.
+    ``doc`` is its mount's status document."""
+    cache = doc.get("cache", {})
+    limit = int(cache.get("limit") or 0) or sys.maxsize   # no limit reported: nothing to fit
+    if item.size > limit:
+        return (f"!larger ({human(item.size)}) than the mount's cache "
+                f"({human(limit)}); remount with a larger cache_size")
+    held = ours.held
+    if "pinned" in cache:
+        held = max(held, int(cache["pinned"]))
+    room = limit - reserve(limit) - held
+    if item.size > room and ours.count:
+        return f"waiting for cache room ({human(max(room, 0))} free for restores)"
+    if not item.needs_job:
+        return None
+    limits = doc.get("limits", {})
+    max_jobs = int(limits.get("max_jobs") or 0)
+    if max_jobs:
+        running = int(doc.get("job_counts", {}).get("InProgress", 0))
+        if running + ours.unstarted >= max_jobs:
+            return f"waiting for a job slot (max_jobs={max_jobs})"
+    budget = limits.get("budget")
+    if budget is not None:
+        budget = int(budget)
+        if item.size > budget:
+            return (f"!larger ({human(item.size)}) than the mount's daily budget "
+                    f"({human(budget)})")
+        spent = int(limits.get("budget_used") or 0) + ours.unstarted_bytes
+        if spent + item.size > budget and (ours.count or spent):
+            return f"waiting for the daily budget ({human(spent)} of {human(budget)})"
+    return None
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 class Copier:
@@ -340,17 +394,24 @@ class Copier:
     def request_more(self) -> bool:
         """Request pending files, in order, while they fit; True if any was requested."""
         pending = [i for i in self.items if i.state == PENDING]
+        self.progress.waiting = None
         if not pending:
-            self.progress.waiting = None
             return False
+        tallies: dict[Path, Tally] = {}
         for mount in {i.mount for i in pending}:
             self.docs[mount] = status_doc(mount)
+            tallies[mount] = Tally()
+        for i in self.items:
+            if i.state == REQUESTED and i.mount in tallies:
+                tallies[i.mount].add(i)
         asked = False
-        self.progress.waiting = None
         for item in pending:
-            why = self.blocked(item)
+            tally = tallies[item.mount]
+            why = blocked(item, self.docs[item.mount], tally)
             if why is None:
                 self.request(item)
+                if item.state == REQUESTED:
+                    tally.add(item)
                 asked = True
                 continue
             if why.startswith("!"):
@@ -359,41 +420,6 @@ class Copier:
             self.progress.waiting = why
             break
         return asked
-
-    def blocked(self, item: Item) -> str | None:
-        """None if ``item`` may be requested now; why it waits; or ``!reason`` if it never can."""
-        doc = self.docs[item.mount]
-        cache = doc.get("cache", {})
-        limit = int(cache.get("limit") or 0)
-        ours = [i for i in self.items if i.state == REQUESTED and i.mount == item.mount]
-        if not limit:   # a mount that reports no cache limit: nothing to fit
-            limit = sys.maxsize
-        if item.size > limit:
-            return (f"!larger ({human(item.size)}) than the mount's cache "
-                    f"({human(limit)}); remount with a larger cache_size")
-        held = sum(i.size for i in ours)
-        if "pinned" in cache:
-            held = max(held, int(cache["pinned"]))
-        room = limit - reserve(limit) - held
-        if item.size > room and ours:
-            return f"waiting for cache room ({human(max(room, 0))} free for restores)"
-        if item.needs_job:
-            limits = doc.get("limits", {})
-            unstarted = [i for i in ours if i.needs_job and i.job_status in (None, "Queued")]
-            max_jobs = int(limits.get("max_jobs") or 0)
-            if max_jobs:
-                running = int(doc.get("job_counts", {}).get("InProgress", 0))
-                if running + len(unstarted) >= max_jobs:
-                    return f"waiting for a job slot (max_jobs={max_jobs})"
-            budget = limits.get("budget")
-            if budget is not None:
-                if item.size > int(budget):
-                    return (f"!larger ({human(item.size)}) than the mount's daily budget "
-                            f"({human(int(budget))})")
-                spent = int(limits.get("budget_used") or 0) + sum(i.size for i in unstarted)
-                if spent + item.size > int(budget) and (ours or spent):
-                    return f"waiting for the daily budget ({human(spent)} of {human(budget)})"
-        return None
 
     def run(self) -> None:
         interval = POLL_MIN
