@@ -554,10 +554,13 @@ def cmd_copy(argv: list[str]) -> int:
         prices = pricing.load_prices(args.price_file) if args.dry_run or args.price_file \
             else None
         items, dirs = copyplan.build(args.paths[:-1], args.paths[-1], args.recursive)
+        classify(items)
     except (PlanError, pricing.PriceError) as exc:
         print(f"glacierfs copy: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    classify(items)
+    except KeyboardInterrupt:
+        print("interrupted while listing the files: nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.dry_run:
         assert prices is not None
         return dry_run(items, args.tier, prices)

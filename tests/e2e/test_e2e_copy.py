@@ -86,6 +86,8 @@ def check_copies(dest, files: dict) -> None:
         st = os.stat(copy)
         assert st.st_mtime == mtime, copy
         assert st.st_mode & 0o777 == 0o666 & ~umask, oct(st.st_mode)
+    for d in {(dest / path).parent for path in files}:
+        assert os.stat(d).st_mode & 0o777 == 0o777 & ~umask, (d, oct(os.stat(d).st_mode))
     found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert found == sorted(files), found   # no temporary file left, .by-id not copied
 
