@@ -5,7 +5,8 @@ Runs in the user's process and talks to the mount only through the filesystem: t
 ``user.glacier.status`` (cache limit and use, ``max_jobs``, budget, jobs in flight), each file's
 ``user.glacier.*`` xattrs, ``user.glacier.restore`` to request a retrieval, and plain reads.
 
-The loop (``Copier.run``), one round every ``POLL_MIN``..``POLL_MAX`` seconds:
+The loop (``Copier.run``), one round every ``POLL_MIN`` seconds while downloads run, else at a
+tenth of the oldest request's wait, at most ``POLL_MAX``:
   1. every requested file whose ``user.glacier.cache`` says ``cached`` is copied at once: read
      through the mount sequentially to its end (which lets a daemon that pins restored, unread
      archives release it), written under a temporary name in the same directory while its tree
@@ -17,11 +18,15 @@ The loop (``Copier.run``), one round every ``POLL_MIN``..``POLL_MAX`` seconds:
      reserve for the cache's own index (``reserve``), less the bytes held for restored files not
      yet read. A daemon that pins those reports them as ``cache.pinned``; without it the bytes
      of our own requested-but-not-yet-copied files are what must not be evicted, so room is
-     ``limit - reserve - max(pinned, ours)`` (``ours`` alone on a daemon without pinning). Files
-     also wait for ``max_jobs`` slots and the daily ``budget`` when they need a new job. Keeping
-     requested-but-uncopied bytes within the room is what stops downloads from evicting each
-     other: on a least-recently-used cache the victims are then files already copied. A file
-     larger than the room is requested alone, once nothing else of ours is outstanding.
+     ``limit - reserve - max(pinned, ours)`` (``ours`` alone on a daemon without pinning): each
+     is a lower bound of what will be held (``pinned`` also covers other users' restores,
+     ``ours`` also files whose download has not begun), and their sum would count our files
+     twice. Files also wait for ``max_jobs`` slots and the daily ``budget`` when they need a
+     new job. Keeping requested-but-uncopied bytes within the room is what stops downloads
+     from evicting each other: on a least-recently-used cache the victims are then files
+     already copied, since each file is copied within a round of arriving (one evicted anyway
+     is requested again, from the same job). A file larger than the room is requested alone,
+     once nothing else of ours is outstanding; one larger than the cache fails, with no job.
 Files are never read before their cache state is ``cached``; a read or verification error is
 retried once after re-checking the cache (an evicted file is requested again: no new job while
 its job's output lasts), then reported as failed; failures never stop the rest.
