@@ -72,8 +72,8 @@ RESERVE_MIN = 256 * 1024
 RESERVE_FRACTION = 1 / 1024
 MAX_RETRIES = 1                   # a failed read or verification is retried once
 MAX_REFETCH = 3                   # an uncopied file evicted this often: the cache is too busy
-# A request the mount shows no trace of (no job, nothing cached) after this long is made again:
-# the daemon may have been restarted before it recorded it.
+# A requested file whose state has not changed for this long while nothing of it is cached and
+# no job runs for it (no job at all, or a finished one with no download) is requested again.
 REREQUEST_AFTER = 60.0
 # An earlier failed job still shown this long after we asked for a new one is our failure too.
 STALE_FAILURE = 30.0
@@ -301,11 +301,14 @@ class Copier:
 
     # -- state of one file on the mount
     def refresh(self, item: Item) -> None:
+        before = (item.cache, item.job_status)
         item.cache = copyplan.xattr(item.src, "user.glacier.cache") or "absent"
         if item.cache != "cached":
             item.job_status = copyplan.xattr(item.src, "user.glacier.job.status")
             if item.cache == "partial":
                 item.seen_bytes = True
+        if (item.cache, item.job_status) != before:
+            item.quiet_since = time.monotonic()
 
     def fail(self, item: Item, reason: str) -> None:
         item.state = FAILED
@@ -328,7 +331,7 @@ class Copier:
             self.fail(item, f"cannot request the retrieval: {exc.strerror}")
             return
         item.state = REQUESTED
-        item.requested_at = time.monotonic()
+        item.requested_at = item.quiet_since = time.monotonic()
 
     # -- one round
     def copy_ready(self) -> bool:
@@ -350,13 +353,9 @@ class Copier:
                 message = copyplan.xattr(item.src, "user.glacier.job.status_message")
                 self.fail(item, f"retrieval failed: {message or 'unknown reason'}")
                 changed = True
-            elif item.cache == "absent" and (
-                    (item.seen_bytes and item.job_status == "Succeeded")
-                    or (item.job_status is None
-                        and time.monotonic() - item.requested_at > REREQUEST_AFTER)):
+            elif item.cache == "absent" and item.seen_bytes and item.job_status == "Succeeded":
                 # Evicted before we could copy it (the cache is shared, or smaller than it
-                # said), or a request the mount lost: ask again (the same job while its
-                # output lasts).
+                # said): ask again, from the same job while its output lasts.
                 item.refetches += 1
                 item.seen_bytes = False
                 if item.refetches > MAX_REFETCH:
@@ -364,6 +363,12 @@ class Copier:
                                     "copied (is the cache shared with other readers?)")
                 else:
                     self.request(item)
+                changed = True
+            elif item.cache == "absent" and item.job_status in (None, "Succeeded") \
+                    and time.monotonic() - item.quiet_since > REREQUEST_AFTER:
+                # Nothing moves: a request the mount lost, or a finished job whose download
+                # is not under way (evicted unseen). Asking again is harmless: it reuses the job.
+                self.request(item)
                 changed = True
         return changed
 
@@ -457,7 +462,7 @@ def classify(items: list[Item]) -> None:
         elif item.size == 0 or item.cache in ("cached", "partial") \
                 or item.job_status in ("InProgress", "Queued"):
             item.state = REQUESTED
-            item.requested_at = time.monotonic()
+            item.requested_at = item.quiet_since = time.monotonic()
             item.needs_job = item.job_status is None and item.cache == "absent"
         else:
             item.state = PENDING

@@ -66,6 +66,7 @@ class Item:
     retries: int = 0         # failed reads or verifications so far
     refetches: int = 0       # times it was asked for again (evicted before it was copied…)
     requested_at: float = 0.0   # time.monotonic() of our last request
+    quiet_since: float = 0.0    # … and of the last change seen in its cache or job state
     seen_bytes: bool = False   # some of it was seen in the cache since it was requested
     stale_job_id: str | None = None   # a Failed job replaced by our request: not ours to report
 
