@@ -13,6 +13,7 @@ BENCHMARKS = {
     "download.py": ["--size", "128M"],
     "million.py": ["--count", "50000"],
     "api_economy.py": ["--count", "200", "--rounds", "5"],
+    "copy.py": ["--size", "256M", "--files", "16"],
     "soak.py": ["--quick"],   # 10 minutes by default; --quick only checks it runs
 }
 
