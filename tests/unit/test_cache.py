@@ -506,8 +506,12 @@ def test_disk_full_on_fsync(cache, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(cache_mod.os, "fsync", fsync)
+        m.setattr(cache_mod.os, "fdatasync", fsync)  # chunk files are made durable with it
         with pytest.raises(CacheFullError):
             put(cache, layout, data)
+        with pytest.raises(CacheFullError):  # the streaming writer alike
+            writer = cache.chunk_writer(layout, 0, memoryview(bytearray(data)))
+            writer.commit(tree_hash(data))
     assert value_files(cache.directory) == set()
     assert cache.state(layout) == "absent"
 
@@ -591,28 +595,39 @@ CRASH_CHILD = textwrap.dedent("""
     import os, random, sys
     from glacierfs import cache as cm
     from glacierfs.treehash import MIB, tree_hash
-    directory, where = sys.argv[1], sys.argv[2]
+    directory, where, how = sys.argv[1], sys.argv[2], sys.argv[3]
     data = random.Random(3).randbytes(2 * MIB)
     layout = cm.ArchiveLayout("arch", len(data), MIB)
     c = cm.ChunkCache(directory, 64 * MIB)
     c.put_chunk(layout, 0, data[:MIB], tree_hash(data[:MIB]))
     if where == "mid-write":
-        real_write = os.write
+        real_write, real_pwrite = os.write, os.pwrite
         def write(fd, buf):
             real_write(fd, memoryview(buf)[:MIB // 3])
             os._exit(137)
+        def pwrite(fd, buf, offset):
+            real_pwrite(fd, memoryview(buf)[:MIB // 3], offset)
+            os._exit(137)
         cm.os.write = write
+        cm.os.pwrite = pwrite
     else:  # file complete and durable, row not yet committed
-        cm.os.fsync = lambda fd: os._exit(137)
-    c.put_chunk(layout, 1, data[MIB:], tree_hash(data[MIB:]))
+        cm.os.fsync = cm.os.fdatasync = lambda fd: os._exit(137)
+    if how == "put":
+        c.put_chunk(layout, 1, data[MIB:], tree_hash(data[MIB:]))
+    else:  # the downloader's streaming writer
+        buf = bytearray(data[MIB:])
+        w = c.chunk_writer(layout, 1, memoryview(buf))
+        w.filled(len(buf))
+        w.commit(tree_hash(data[MIB:]))
     sys.exit("not killed")
 """)
 
 
+@pytest.mark.parametrize("how", ["put", "writer"])
 @pytest.mark.parametrize("where", ["mid-write", "before-commit"])
-def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypatch, where):
+def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypatch, where, how):
     directory = tmp_path / "c"
-    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(directory), where],
+    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(directory), where, how],
                           cwd=ROOT, capture_output=True)
     assert proc.returncode == 137, proc.stderr.decode()
     orphans = value_files(directory) - indexed_files(directory)
