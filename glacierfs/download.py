@@ -395,8 +395,9 @@ class Downloader:
             return
         except (ChunkVerificationError, ValueError) as exc:
             await self._fail_held(archive_id, (
-                f"the endpoint sent no tree hash per range, so the archive was verified as a "
-                f"whole, and failed: {exc}; the downloaded bytes were discarded"))
+                f"the endpoint sent no tree hash per range (or ignored Range), so the whole "
+                f"archive was checked against the inventory's tree hash, and failed: {exc}; "
+                f"the downloaded bytes were discarded"))
             return
         waiting = self._held_waiting.pop(archive_id, set())
         self.stats["chunks"] += len(held)
