@@ -183,7 +183,10 @@ class Downloader:
                     continue  # stored or arriving unverified: told when the whole is checked
                 self._in_flight.add(key)
                 return task
-            self._wake = trio.Event()
+            # Idle workers share one event: replacing it per worker (as before) left all but
+            # the last one asleep for ever, so downloads ran one chunk at a time.
+            if self._wake.is_set():
+                self._wake = trio.Event()
             await self._wake.wait()
 
     async def _worker(self) -> None:
