@@ -51,8 +51,8 @@ ROUND_PAUSE = 60.0            # a chunk that used up its attempts tries again th
 # Socket reads go into the chunk's buffer this much at a time: one leaf, so each leaf is hashed
 # and written while the next arrives.
 READ_BLOCK = MIB
-# Chunk buffers kept for reuse beyond the ones in use (allocating 16 MiB costs page faults).
-SPARE_BUFFERS = 2
+# Chunk buffers are reused while chunks keep coming (a fresh 16 MiB buffer costs 4096 page
+# faults) and freed once the downloader is idle.
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,8 @@ class Downloader:
             # the last one asleep for ever, so downloads ran one chunk at a time.
             if self._wake.is_set():
                 self._wake = trio.Event()
+            if not self._in_flight:
+                self._buffers.clear()  # idle: give the chunk buffers' memory back
             await self._wake.wait()
 
     async def _worker(self) -> None:
@@ -426,7 +428,7 @@ class Downloader:
         return bytearray(max(size, 1))
 
     def _give_buffer(self, buffer: bytearray) -> None:
-        if len(self._buffers) < SPARE_BUFFERS + self.workers:
+        if len(self._buffers) < self.workers:
             self._buffers.append(buffer)
 
     async def _store(self, task: ChunkTask, data: memoryview, checksum: bytes) -> bool:
