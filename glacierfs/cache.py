@@ -607,7 +607,8 @@ class ChunkCache:
         ChunkVerificationError if the root differs; then every held chunk is dropped.
         """
         held = self.held_tree_hashes(layout)
-        hashes = {**held, **self._present(layout)}
+        present = self._present(layout)
+        hashes = {**held, **present}
         missing = [i for i in range(layout.chunk_count) if i not in hashes]
         if missing:
             raise NotCached(missing, layout.archive_id)
@@ -618,17 +619,15 @@ class ChunkCache:
             raise ChunkVerificationError(
                 f"archive {layout.archive_id}: tree hash {root.hex()} of the downloaded bytes "
                 f"!= the inventory's {bytes(expected_root).hex()}")
-        with self._cache.transact(retry=True):
+        with self._cache.transact(retry=True):  # all readable at once, or none
             con = self._cache._con
             for index in held:
-                key = _chunk_key(layout, index)
-                if index in self._present(layout):
-                    con.execute("DELETE FROM Cache WHERE key = ? AND raw = 1",
-                                (_held_key(layout, index),))
-                    continue
-                con.execute("UPDATE Cache SET key = ? WHERE key = ? AND raw = 1",
-                            (key, _held_key(layout, index)))
+                if index not in present:
+                    con.execute("UPDATE Cache SET key = ? WHERE key = ? AND raw = 1",
+                                (_chunk_key(layout, index), _held_key(layout, index)))
         for index in held:
+            if index in present:  # verified meanwhile: the held copy is redundant
+                self._cache.delete(_held_key(layout, index), retry=True)
             self._forget_handle(_chunk_key(layout, index))
         log.debug("archive %s: %d held chunk(s) verified as a whole", layout.archive_id,
                   len(held))

@@ -111,6 +111,7 @@ class Downloader:
         self._held_waiting: dict[str, set[int]] = {}
         self._whole_busy: set[str] = set()  # archives whose whole output a worker is reading
         self._whole_lock = threading.Lock()
+        self._checking_held: set[str] = set()  # archives whose held chunks are being checked
         self._buffers: list[bytearray] = []
         self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0,
                       "held_chunks": 0}
@@ -177,10 +178,16 @@ class Downloader:
                 if self.cache.has_chunk(task.layout, task.index):
                     self._notify(*key)
                     continue
-                if task.layout.archive_id in self._whole_busy or \
-                        self.cache.has_held_chunk(task.layout, task.index):
+                if task.layout.archive_id in self._whole_busy:
                     self._held_waiting.setdefault(key[0], set()).add(key[1])
-                    continue  # stored or arriving unverified: told when the whole is checked
+                    continue  # arriving unverified: told when the whole is checked
+                if self.cache.has_held_chunk(task.layout, task.index):
+                    self._held_waiting.setdefault(key[0], set()).add(key[1])
+                    # Held by an earlier run, maybe the whole archive: check it now.
+                    if key[0] not in self._checking_held and self._nursery is not None:
+                        self._checking_held.add(key[0])
+                        self._nursery.start_soon(self._check_held, task)
+                    continue
                 self._in_flight.add(key)
                 return task
             # Idle workers share one event: replacing it per worker (as before) left all but
@@ -377,6 +384,13 @@ class Downloader:
     async def _check_held(self, task: ChunkTask) -> None:
         """Once every chunk of the archive is held or verified, verify the held ones as a
         whole against the inventory's tree hash: then readable, or the archive fails."""
+        self._checking_held.add(task.layout.archive_id)
+        try:
+            await self._check_held_now(task)
+        finally:
+            self._checking_held.discard(task.layout.archive_id)
+
+    async def _check_held_now(self, task: ChunkTask) -> None:
         layout = task.layout
         archive_id = layout.archive_id
         held = await trio.to_thread.run_sync(self.cache.held_tree_hashes, layout)

@@ -87,3 +87,37 @@ def test_one_big_archive_uses_every_stream(sim, glacier, vault, monkeypatch, tmp
 def test_many_small_archives_use_every_stream(sim, glacier, vault, monkeypatch, tmp_path):
     elapsed = _timed(sim, glacier, vault, monkeypatch, tmp_path, [MIB] * 8 + [MIB // 2], MIB, 4)
     assert elapsed < 5.5, elapsed  # 8.5 MiB over 4 streams at 1 MiB/s: ~2.2 s; serial: 8.5 s
+
+
+@pytest.mark.sim_args("--no-tree-hash-header")
+def test_chunks_held_by_an_earlier_run_are_verified_without_fetching_again(
+        sim, glacier, vault, monkeypatch, tmp_path):
+    data = os.urandom(3 * MIB + 5)
+    archive = upload(glacier, vault, data, "held")
+    job = glacier.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": archive})["jobId"]
+    sim.complete_jobs(job_id=job)
+    layout = ArchiveLayout(archive, len(data), MIB)
+    with ChunkCache(tmp_path / "held", 1 << 30) as cache:  # the earlier run: all held, then killed
+        for i in range(layout.chunk_count):
+            start, end = layout.chunk_range(i)
+            writer = cache.chunk_writer(layout, i, memoryview(bytearray(data[start:end + 1])))
+            writer.commit(None, hold=True)
+    before = sim.stats()["requests"].get("GetJobOutput", 0)
+    outcome = Outcome(1)
+    with ChunkCache(tmp_path / "held", 1 << 30) as cache:
+        downloader = Downloader(_client(sim, monkeypatch), cache, outcome, workers=4,
+                                expected_root=lambda a: tree_hash(data).hex())
+
+        async def run() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(downloader.run)
+                downloader.enqueue(vault, job, layout, cache.missing_chunks(layout), BACKGROUND)
+                with trio.fail_after(30):
+                    await outcome.done.wait()
+                nursery.cancel_scope.cancel()
+
+        trio.run(run)
+        assert outcome.failures == []
+        assert cache.read(layout, 0, len(data)) == data
+    assert sim.stats()["requests"].get("GetJobOutput", 0) == before
