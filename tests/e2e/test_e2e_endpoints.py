@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_util import (EAGAIN_TEXT, MIB, getfattr_all, getfattr_one, run, start_emulator,
+from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, getfattr_one, run, start_emulator,
                       wait_for, wait_listed)
 
 from glacierfs.sim.testing import make_client
@@ -33,7 +33,7 @@ def read_or_fail(path: Path, timeout: float = 40.0) -> tuple[int, bytes, str]:
     deadline = time.monotonic() + timeout
     while True:
         proc = run("cat", path)
-        if proc.returncode == 0 or EAGAIN_TEXT not in proc.stderr:
+        if proc.returncode == 0 or NOT_READY_TEXT not in proc.stderr:
             return proc.returncode, proc.stdout, proc.stderr
         if time.monotonic() > deadline:
             pytest.fail(f"{path} still unavailable after {timeout}s")
