@@ -42,6 +42,7 @@ class ChunkTask:
     job_id: str
     layout: ArchiveLayout
     index: int
+    output_start: int = 0   # archive offset where the job's output begins (ranged jobs)
 
 
 class DownloadOutcome:
@@ -78,7 +79,7 @@ class Downloader:
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
-                priority: int = BACKGROUND) -> None:
+                priority: int = BACKGROUND, output_start: int = 0) -> None:
         self._cancelled.discard(layout.archive_id)
         self._poisoned.discard(layout.archive_id)
         for index in indexes:
@@ -90,7 +91,7 @@ class Downloader:
                 continue
             self._queued[key] = priority
             heapq.heappush(self._heap, (priority, next(self._seq),
-                                        ChunkTask(vault, job_id, layout, index)))
+                                        ChunkTask(vault, job_id, layout, index, output_start)))
         self._wake.set()
 
     def cancel_archive(self, archive_id: str) -> None:
@@ -169,7 +170,7 @@ class Downloader:
         while task.layout.archive_id not in self._cancelled:
             try:
                 data, checksum = await self.client.get_job_output_range(
-                    task.vault, task.job_id, start, end)
+                    task.vault, task.job_id, start - task.output_start, end - task.output_start)
                 if checksum is None:
                     raise ChunkVerificationError(
                         f"no x-amz-sha256-tree-hash for bytes {start}-{end}: cannot verify")
@@ -256,7 +257,8 @@ class Downloader:
     async def _requeue_after(self, task: ChunkTask) -> None:
         await self._sleep(ROUND_PAUSE)
         if task.layout.archive_id not in self._cancelled:
-            self.enqueue(task.vault, task.job_id, task.layout, [task.index])
+            self.enqueue(task.vault, task.job_id, task.layout, [task.index],
+                         output_start=task.output_start)
 
     async def _check_whole(self, layout: ArchiveLayout) -> None:
         """All chunks are in: their folded root must be the archive's tree hash."""

@@ -1,0 +1,167 @@
+"""Ranged retrievals against the emulator, without FUSE: the emulator's range tree hashes, reads
+that retrieve only their windows, a whole restore that completes an archive with no overlapping
+job, budget pacing across (test-clock) days, and the jobs table migration."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import pytest
+import trio
+from test_core_against_sim import Core, _load_inventory, _until
+
+from glacierfs.jobstore import JobStore
+from glacierfs.sim.testing import upload, wait_job
+from glacierfs.store import Store
+from glacierfs.treehash import tree_hash_hex
+
+MIB = 1024 * 1024
+
+
+def _archive_jobs(glacier, vault: str) -> list[dict]:
+    return [j for j in glacier.list_jobs(vaultName=vault)["JobList"]
+            if j["Action"] == "ArchiveRetrieval"]
+
+
+def _ranges(jobs: list[dict], size: int) -> list[tuple[int, int]]:
+    out = []
+    for j in jobs:
+        start, end = map(int, (j.get("RetrievalByteRange") or f"0-{size - 1}").split("-"))
+        out.append((start, end))
+    return sorted(out)
+
+
+def _assert_disjoint(ranges: list[tuple[int, int]]) -> None:
+    for (s1, e1), (s2, e2) in zip(ranges, ranges[1:], strict=False):
+        assert e1 < s2, f"overlapping jobs: {s1}-{e1} and {s2}-{e2}"
+
+
+@pytest.mark.sim_args("--delay", "Standard=0")
+def test_emulator_returns_the_documented_range_tree_hash(sim, glacier, vault):
+    """DescribeJob's SHA256TreeHash of a tree-hash-aligned range is the tree hash of those bytes
+    (also the short last range); a ranged job's output answers Range requests relative to the
+    range start, with each aligned chunk's tree hash; an unaligned range has none."""
+    data = random.Random(5).randbytes(7 * MIB + 1234)
+    archive_id = upload(glacier, vault, data, "seven.bin")
+    for start, end in ((0, 4 * MIB - 1), (4 * MIB, 6 * MIB - 1), (6 * MIB, len(data) - 1),
+                       (2 * MIB, 3 * MIB - 1)):
+        job_id = glacier.initiate_job(vaultName=vault, jobParameters={
+            "Type": "archive-retrieval", "ArchiveId": archive_id,
+            "RetrievalByteRange": f"{start}-{end}"})["jobId"]
+        job = wait_job(glacier, vault, job_id)
+        assert job["RetrievalByteRange"] == f"{start}-{end}"
+        assert job["SHA256TreeHash"] == tree_hash_hex(data[start:end + 1])
+        out = glacier.get_job_output(vaultName=vault, jobId=job_id, range=f"bytes=0-{MIB - 1}")
+        assert out["body"].read() == data[start:start + MIB]
+        assert out["checksum"] == tree_hash_hex(data[start:start + MIB])
+    job_id = glacier.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": archive_id,
+        "RetrievalByteRange": f"{MIB}-{3 * MIB - 1}"})["jobId"]   # MB-aligned, not a tree node
+    assert wait_job(glacier, vault, job_id).get("SHA256TreeHash") is None
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.5")
+def test_reads_retrieve_only_their_windows_then_a_restore_completes_without_overlap(
+        sim, glacier, vault, tmp_path):
+    data = random.Random(7).randbytes(10 * MIB + 4321)
+    upload(glacier, vault, data, "big.bin")
+    core = Core(sim, tmp_path, range_size=2 * MIB, wait=10.0)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "big.bin")
+        sim.reset_stats()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            # A read inside the window 4-6 MiB: one ranged job for that window only.
+            got = await core.retrieval.read(f, 5 * MIB - 100, 200, may_start=True)
+            assert got == data[5 * MIB - 100:5 * MIB + 100]
+            jobs = _archive_jobs(glacier, vault)
+            assert _ranges(jobs, len(data)) == [(4 * MIB, 6 * MIB - 1)]
+            # A read across a window boundary: the two windows it touches (one already there).
+            got = await core.retrieval.read(f, 6 * MIB - 10, 20, may_start=True)
+            assert got == data[6 * MIB - 10:6 * MIB + 10]
+            assert _ranges(_archive_jobs(glacier, vault), len(data)) == [
+                (4 * MIB, 6 * MIB - 1), (6 * MIB, 8 * MIB - 1)]
+            rec = core.retrieval.record(f.archive_id)
+            assert rec is not None and "ranges requested" in (rec.status_message or "")
+            summary = core.retrieval.ranges.summary(f, core.retrieval.layout(f))
+            assert summary["requested"] == 2 and summary["windows"] == 6
+            # The whole archive: the missing windows only, then the root verified.
+            await core.retrieval.request(f, explicit=True)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached", 30)
+            await _until(lambda: "verified" in (core.retrieval.record(f.archive_id)
+                                                .status_message or ""))
+            assert await core.retrieval.read(f, 0, len(data), may_start=True) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    ranges = _ranges(_archive_jobs(glacier, vault), len(data))
+    _assert_disjoint(ranges)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data) - 1
+    assert sum(e - s + 1 for s, e in ranges) == len(data)   # every byte paid for once
+    core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.2")
+def test_budget_paces_an_archive_larger_than_the_budget_across_days(sim, glacier, vault,
+                                                                    tmp_path):
+    data = random.Random(9).randbytes(6 * MIB)
+    upload(glacier, vault, data, "paced.bin")
+    now = [1_000_000.0]
+    core = Core(sim, tmp_path, range_size=2 * MIB, budget=2 * MIB)
+    core.retrieval.jobs = JobStore(core.store, clock=lambda: now[0])
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "paced.bin")
+        layout = core.retrieval.layout(f)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            await core.retrieval.request(f, explicit=True)
+            for day in range(3):
+                await _until(lambda d=day: core.cache.cached_bytes(layout) == 2 * MIB * (d + 1),
+                             30)
+                await trio.sleep(1.5)
+                assert len(_archive_jobs(glacier, vault)) == day + 1   # nothing early
+                summary = core.retrieval.ranges.summary(f, layout)
+                if day < 2:
+                    assert summary["queued"] == 2 - day
+                    assert "budget" in core.retrieval.record(f.archive_id).status_message
+                now[0] += 86400 + 1
+                core.retrieval._queue_wake.set()
+            await _until(lambda: core.cache.state(layout) == "cached")
+            assert await core.retrieval.read(f, 0, len(data), may_start=True) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    _assert_disjoint(_ranges(_archive_jobs(glacier, vault), len(data)))
+    core.close()
+
+
+def test_existing_state_dir_is_migrated_whole_archive_records_kept(tmp_path):
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript("""
+        CREATE TABLE jobs (archive_id TEXT PRIMARY KEY, vault TEXT NOT NULL, state TEXT NOT NULL,
+            job_id TEXT, tier TEXT NOT NULL, size INTEGER NOT NULL, tree_hash TEXT,
+            creation_date TEXT, completion_date TEXT, status_message TEXT,
+            requested_at REAL NOT NULL, initiated_at REAL, next_poll REAL);
+        CREATE INDEX jobs_by_state ON jobs(state, requested_at);
+        INSERT INTO jobs VALUES ('A1', 'v', 'Succeeded', 'J1', 'Bulk', 123, 'ab', NULL, NULL,
+            'downloaded and verified', 5.0, 4.0, NULL);
+    """)
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    records = JobStore(store).load_all()
+    assert list(records) == ["A1"]
+    rec = records["A1"]
+    assert (rec.job_id, rec.state, rec.tier, rec.size, rec.ranged) == \
+        ("J1", "Succeeded", "Bulk", 123, False)
+    rec2 = type(rec)(archive_id="A1", vault="v", state="Queued", tier="Standard", size=MIB,
+                     tree_hash=None, requested_at=6.0, range_start=0, range_end=MIB - 1)
+    assert JobStore(store).save(rec2)
+    store.close()
+    again = JobStore(Store(tmp_path)).load_all()   # migrated once; both records kept
+    assert set(again) == {"A1", f"A1@0-{MIB - 1}"}
