@@ -25,6 +25,7 @@ from glacierfs.namespace import Namespace
 from glacierfs.options import MountOptions
 from glacierfs.retrieval import Retrieval
 from glacierfs.store import Store
+from glacierfs.testclock import budget_clock
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
         elif opts.vaults is not None:
             ns.set_vaults([(v.name, v.arn) for v in stored if v.name in opts.vaults]
                           + [(n, None) for n in opts.vaults if n not in {v.name for v in stored}])
-        retrieval = Retrieval(JobStore(store), aclient, cache, opts, ns)
+        retrieval = Retrieval(JobStore(store, clock=budget_clock(opts)), aclient, cache, opts, ns)
         async with trio.open_nursery() as nursery:
             inventories = Inventories(ns, aclient, opts, nursery)
             ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure)
