@@ -51,7 +51,10 @@ DEFAULT_RANGE_SIZE = {"Standard": 32 * MIB, "Bulk": 32 * MIB, "Expedited": 128 *
 # Windows a sequential reader gets requested ahead of the one it is in: enough to keep a stream
 # going while the next job runs, bounded so a reader that stops early pays for one window more.
 READ_AHEAD_WINDOWS = 1
-MEMO = 4096                  # archives whose last read end is remembered
+# The kernel's readahead sends a stream's reads a few at a time, not always in order: a read
+# this close to where the run ended still continues it.
+SEQUENTIAL_SLACK = 4 * MIB
+MEMO = 4096                  # archives whose read run is remembered
 MAX_LISTED_RANGES = 64       # ranges listed one by one in user.glacier.ranges
 _BYTE_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
@@ -65,7 +68,8 @@ class RangeBook:
         self.options = options
         self.cache = cache
         self._keys: dict[str, set[str]] = {}      # archive id -> keys of its records
-        self._last_end: dict[str, int] = {}       # archive id -> end of its last read
+        self._runs: dict[str, tuple[int, int]] = {}  # archive id -> (start, end) of its
+        #                                              current contiguous run of reads
         self.waiting: dict[str, str] = {}         # archive id -> what its reader waits for
         self._verified: set[str] = set()          # range keys whose fold matched
         self._failed: dict[str, str] = {}         # archive id -> key of a failed range
@@ -232,18 +236,22 @@ class RangeBook:
 
     # --- sequential readers ------------------------------------------------------------------
     def ahead(self, layout: ArchiveLayout, offset: int, end: int, tier: str) -> list[int]:
-        """After a read of ``offset..end`` (exclusive): for a sequential reader (this read began
-        where the last one ended), the first chunk of each of the next READ_AHEAD_WINDOWS windows
-        that no record covers yet."""
+        """After a read of ``offset..end`` (exclusive): for a streaming reader (one that has read
+        at least a whole window contiguously), the first chunk of each of the next
+        READ_AHEAD_WINDOWS windows that no record covers yet. A reader of one member of a zip
+        or tar (a run shorter than a window) gets nothing it did not ask for."""
         archive_id = layout.archive_id
-        last = self._last_end.get(archive_id)
-        if len(self._last_end) >= MEMO:
-            self._last_end.clear()
+        run_start, last_end = self._runs.get(archive_id, (offset, offset))
+        if abs(offset - last_end) > SEQUENTIAL_SLACK:
+            run_start, last_end = offset, offset  # not near where the run ended: a new run
+        if len(self._runs) >= MEMO:
+            self._runs.clear()
             self._ahead_window.clear()
-        self._last_end[archive_id] = end
-        if last != offset or end >= layout.size:
-            return []
+        run_start, end = min(run_start, offset), max(last_end, end)
+        self._runs[archive_id] = (run_start, end)
         size = self.window(tier)
+        if end - run_start < size or end >= layout.size:
+            return []
         if self._ahead_window.get(archive_id) == (end - 1) // size:
             return []  # asked from this window already
         self._ahead_window[archive_id] = (end - 1) // size
