@@ -11,6 +11,8 @@ import pytest
 import trio
 from test_core_against_sim import Core, _load_inventory, _until
 
+from glacierfs.retrieval import NotReady
+
 from glacierfs.jobstore import JobStore
 from glacierfs.sim.testing import upload, wait_job
 from glacierfs.store import Store
@@ -165,3 +167,80 @@ def test_existing_state_dir_is_migrated_whole_archive_records_kept(tmp_path):
     store.close()
     again = JobStore(Store(tmp_path)).load_all()   # migrated once; both records kept
     assert set(again) == {"A1", f"A1@0-{MIB - 1}"}
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.3")
+def test_expired_range_output_is_requested_again_for_that_range_only(sim, glacier, vault,
+                                                                     tmp_path):
+    data = random.Random(13).randbytes(8 * MIB)
+    upload(glacier, vault, data, "expiring.bin")
+    core = Core(sim, tmp_path, range_size=4 * MIB, downloads=1)
+    seen: list[int] = []
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "expiring.bin")
+        layout = core.retrieval.layout(f)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+
+            async def watch() -> None:
+                while True:
+                    seen.append(core.cache.cached_bytes(layout))
+                    await trio.sleep(0.02)
+
+            nursery.start_soon(watch)
+            sim.set_faults([{"operation": "GetJobOutput", "fault": "slow", "delay": 0.3}])
+            sim.reset_stats()
+            with pytest.raises(NotReady):
+                await core.retrieval.read(f, 5 * MIB, 100, may_start=True)
+            rec = core.retrieval.ranges.covering(layout, 5)
+            assert rec is not None and rec.byte_range == f"{4 * MIB}-{8 * MIB - 1}"
+            await _until(lambda: core.cache.cached_bytes(layout) >= 2 * MIB, 30)
+            first_job = rec.job_id
+            sim.expire_job(first_job)
+            deadline = trio.current_time() + 60
+            while True:
+                try:
+                    got = await core.retrieval.read(f, 4 * MIB, 4 * MIB, may_start=True)
+                    break
+                except NotReady:
+                    assert trio.current_time() < deadline
+                    await trio.sleep(0.2)
+            assert got == data[4 * MIB:]
+            assert rec.job_id != first_job and rec.byte_range == f"{4 * MIB}-{8 * MIB - 1}"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False)), seen  # chunks kept
+    stats = sim.stats()
+    assert stats["requests"]["InitiateJob"] == 2          # the range, then the range again
+    assert stats["bytes_sent"] < 2 * 4 * MIB               # no verified chunk fetched twice
+    ranges = _ranges(_archive_jobs(glacier, vault), len(data))
+    assert ranges == [(4 * MIB, 8 * MIB - 1)]              # the expired one is no longer listed
+    core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.3")
+def test_a_streaming_reader_gets_the_next_window_requested_ahead(sim, glacier, vault, tmp_path):
+    data = random.Random(17).randbytes(8 * MIB)
+    upload(glacier, vault, data, "stream.tar")
+    core = Core(sim, tmp_path, range_size=2 * MIB, wait=10.0)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "stream.tar")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            got = b""
+            for offset in range(0, 2 * MIB + 256 * 1024, 128 * 1024):  # a window and a bit
+                got += await core.retrieval.read(f, offset, 128 * 1024, may_start=True)
+            await trio.sleep(0.5)
+            ranges = _ranges(_archive_jobs(glacier, vault), len(data))
+            # windows 0 and 1 read; window 2 requested ahead; window 3 not (bounded)
+            assert ranges == [(0, 2 * MIB - 1), (2 * MIB, 4 * MIB - 1), (4 * MIB, 6 * MIB - 1)]
+            assert got == data[:len(got)]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    core.close()
