@@ -10,7 +10,7 @@ the emulator with short job delays:
                and poll=0.5, so chunks are evicted and fetched again all the time; job output
                expires after ``--job-ttl`` (60 s), so new jobs are started all through the run,
                not only in the first minutes
-  workers      ``--workers`` threads: whole-file and random-range reads (EAGAIN means "retrieval
+  workers      ``--workers`` threads: whole-file and random-range reads (EREMOTE means "retrieval
                running": sleep briefly and read again), every byte compared with what was
                uploaded; listdir/stat walks of the tree; getxattr of user.glacier.*; now and
                then a restore request or `glacierfs status --json`
@@ -53,7 +53,7 @@ DELAYS = ("Standard=0.5", "Expedited=0.2", "inventory=0.5")
 UPLOADS = 40                                # random files: sizes 64 KiB - 3 MiB
 SYNTHESIZED = {4096: 100, 300 * 1024: 100, MIB + 123: 60, 5 * MIB // 2: 40}  # size: count
 WARMUP = 0.2                                # fraction of the run before the trend is measured
-STUCK_AFTER = 120.0                         # seconds of EAGAIN before a read counts as stuck
+STUCK_AFTER = 120.0                         # seconds of EREMOTE before a read counts as stuck
 SHORTEST_TREND = 300.0                      # seconds of samples a growth verdict needs
 STATUS_EVERY = 20.0                         # seconds between `glacierfs status --json` runs
 # Growth per hour still called flat: well under what one leaked object per request would give.
@@ -146,17 +146,19 @@ def build_vault(sim, glacier) -> dict[str, Archive]:  # noqa: ANN001
 
 
 def pread_ready(fd: int, n: int, offset: int, tally: Tally, stop: threading.Event) -> bytes:
-    """pread, reading again while the answer is EAGAIN (the archive's retrieval is running)."""
+    """pread, reading again while the answer is EREMOTE (the archive's retrieval is running)."""
     waited_since = time.monotonic()
     while True:
         try:
             return os.pread(fd, n, offset)
-        except BlockingIOError:
-            tally.add("EAGAIN answers")
+        except OSError as exc:
+            if exc.errno != errno.EREMOTE:
+                raise
+            tally.add("not-ready answers")
             if stop.is_set():
                 raise Stopped from None
             if time.monotonic() - waited_since > STUCK_AFTER:
-                raise TimeoutError(f"EAGAIN for {STUCK_AFTER:.0f} s at offset {offset}") from None
+                raise TimeoutError(f"not ready for {STUCK_AFTER:.0f} s at offset {offset}") from None
             time.sleep(0.1)
 
 
@@ -330,7 +332,7 @@ def resource_rows(samples: list[tuple[float, dict[str, float]]], warm_at: float)
 def progress(now: float, last: dict[str, float], c: Counter[str]) -> None:
     print(f"{now:5.0f} s  RSS {last['daemon RSS (MiB)']:.1f} MiB, {last['open fds']:.0f} fds, "
           f"{last['threads']:.0f} threads, state {last['state dir (MiB)']:.1f} MiB; "
-          f"reads {c['whole-file reads'] + c['range reads']}, EAGAIN {c['EAGAIN answers']}, "
+          f"reads {c['whole-file reads'] + c['range reads']}, not ready {c['not-ready answers']}, "
           f"mismatched {c['mismatched bytes']}, errors {c['unexpected errors']}", flush=True)
 
 
@@ -385,7 +387,7 @@ def soak(args: argparse.Namespace, sim, mnt: Path, state: Path,  # noqa: ANN001
         ("bytes compared", f"{c['bytes compared']:,}", "", "", "report"),
         ("mismatched bytes", str(c["mismatched bytes"]), "", "",
          "must be 0: " + ("ok" if not c["mismatched bytes"] else "WRONG BYTES SERVED")),
-        ("EAGAIN answers (read again)", str(c["EAGAIN answers"]), "", "", "report"),
+        ("not-ready answers (EREMOTE, read again)", str(c["not-ready answers"]), "", "", "report"),
         ("listings / stats", f"{c['listings']} / {c['stats']}", "", "", "report"),
         ("xattr reads / restore requests", f"{c['xattr reads']} / {c['restore requests']}",
          "", "", "report"),

@@ -48,7 +48,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,9 @@ OPEN_ATTEMPTS = 3
 CREATE_ATTEMPTS = 10
 FILE_MODE = 0o600
 DB_NAME = diskcache.core.DBNAME
+# Eviction candidates are read in this many rows at a time, oldest first, skipping those the
+# cache-room policy keeps.
+EVICTION_BATCH = 64
 
 
 class CacheError(Exception):
@@ -106,6 +109,10 @@ class CacheFullError(CacheError):
 
     Nothing half-written remains and the cache stays usable.
     """
+
+
+class NoRoomError(CacheFullError):
+    """The size limit is reached and what fills it may not be evicted (restored, unread)."""
 
 
 @dataclass(frozen=True)
@@ -255,13 +262,17 @@ class _Handle:
 class ChunkCache:
     """Verified archive chunks on disk, size-limited, least recently used out first."""
 
-    def __init__(self, directory: str | Path, size_limit: int) -> None:
+    def __init__(self, directory: str | Path, size_limit: int,
+                 evictable: Callable[[str], bool] | None = None) -> None:
+        """``evictable(archive_id)`` says whether an archive's chunks may be evicted now (the
+        cache-room policy, which lives with the other limits); by default all may."""
         if size_limit <= 0:
             raise ValueError(f"size limit must be positive, got {size_limit}")
         self._dir = Path(directory)
         self._dir_str = str(self._dir)  # joined as a str on the open path: pathlib costs µs
         self._prepare_directory()
         self._size_limit = size_limit
+        self.evictable = evictable
         self._cache = diskcache.Cache(
             str(self._dir),
             disk=_ChunkDisk,
@@ -442,21 +453,34 @@ class ChunkCache:
         if self._cache.volume() + self._reserved + incoming > self._size_limit:
             self._flush_touches()
         while self._cache.volume() + self._reserved + incoming > self._size_limit:
-            rows = self._query(
-                "SELECT key FROM Cache WHERE key != ? ORDER BY access_time LIMIT 1", (keep or "",)
-            )
-            if not rows:
+            victim = self._eviction_candidate(keep)
+            if victim is None:
+                if incoming and self.evictable is not None:
+                    raise NoRoomError(f"{incoming} bytes do not fit a {self._size_limit}-byte "
+                                      "cache beside the restored files not yet read")
                 if incoming:
                     raise CacheFullError(
-                        f"{incoming} bytes do not fit a {self._size_limit}-byte cache"
-                    )
+                        f"{incoming} bytes do not fit a {self._size_limit}-byte cache")
                 break
-            victim = rows[0][0]
             self._cache.delete(victim, retry=True)
             self._forget_handle(victim)
             evicted += 1
         if evicted:
             log.debug("evicted %d chunk(s) to stay under %d bytes", evicted, self._size_limit)
+
+    def _eviction_candidate(self, keep: str | None) -> str | None:
+        """The least recently used chunk that may go (not ``keep``, not of a kept archive)."""
+        offset = 0
+        while True:
+            rows = self._query(
+                "SELECT key FROM Cache WHERE key != ? ORDER BY access_time LIMIT ? OFFSET ?",
+                (keep or "", EVICTION_BATCH, offset))
+            for (key,) in rows:
+                if self.evictable is None or self.evictable(_slot(key)[0]):
+                    return key
+            if len(rows) < EVICTION_BATCH:
+                return None
+            offset += EVICTION_BATCH
 
     # --- state -------------------------------------------------------------------------------
 

@@ -18,7 +18,12 @@ from collections.abc import Iterator
 
 STATUS_XATTR = "user.glacier.status"
 BY_ID_DIR = ".by-id"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_STUCK = 0, 1, 2, 3, 4
+ROOM_REASON = "waiting for cache room"   # the daemon's Queued message (glacierfs/room.py)
+EVICTED_REASON = "downloaded and verified, since evicted"   # retrieval.EVICTED
+# `wait` gives up when everything left waits for cache room that only a reader can free, and
+# nothing else is under way, for this long (the daemon's queue looks again every few seconds).
+STUCK_AFTER = 6.0
 
 
 class CommandError(Exception):
@@ -125,6 +130,9 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
         line += f"  ({human(free)} free on its disk)"
         if free < cache.get("limit", 0) - cache.get("used", 0):
             line += "\n  the disk will fill before the cache limit: downloads pause when it does"
+    if cache.get("pinned"):
+        line += (f"\n  {human(cache['pinned'])} held for restored files not yet read; "
+                 f"{human(cache.get('room', 0))} room for new retrievals")
     if cache.get("unsaved_job_changes"):
         line += (f"\n  {cache['unsaved_job_changes']} job change(s) not yet saved: the cache "
                  "disk refuses writes (kept in memory, saved when it has room)")
@@ -160,11 +168,17 @@ class FileState:
     cached_bytes: int
     job_status: str | None
     message: str | None
+    pinned: str | None = None   # "wanted"/"held": kept in the cache until read
     partly_requested: bool = False   # some ranges requested, not the whole archive
 
     @property
-    def whole_requested(self) -> bool:
-        return self.job_status is not None and not self.partly_requested
+    def waits_for_room(self) -> bool:
+        return self.job_status == "Queued" and (self.message or "").startswith(ROOM_REASON)
+
+    @property
+    def evicted(self) -> bool:
+        """Downloaded once, since evicted: only a read brings it back."""
+        return self.cache != "cached" and (self.message or "").startswith(EVICTED_REASON)
 
 
 def file_state(path: Path) -> FileState | None:
@@ -179,7 +193,8 @@ def file_state(path: Path) -> FileState | None:
     return FileState(path, int(size), _xattr(path, "user.glacier.cache") or "absent",
                      int(_xattr(path, "user.glacier.cache.bytes") or 0),
                      _xattr(path, "user.glacier.job.status"),
-                     _xattr(path, "user.glacier.job.status_message"), partly)
+                     _xattr(path, "user.glacier.job.status_message"),
+                     _xattr(path, "user.glacier.cache.pinned"), partly)
 
 
 def iter_files(paths: list[str], recursive: bool) -> Iterator[Path]:
@@ -208,6 +223,7 @@ def cmd_restore(argv: list[str]) -> int:
     args = p.parse_args(argv)
     requested = cached = running = failed = 0
     req_bytes = 0
+    asked: list[Path] = []
     tiers: dict[Path, str | None] = {}   # mount point → its tier, read once per mount
     for path in iter_files(args.paths, args.recursive):
         st = file_state(path)
@@ -218,7 +234,8 @@ def cmd_restore(argv: list[str]) -> int:
         if st.cache == "cached":
             cached += 1
             continue
-        if st.job_status in ("InProgress", "Queued", "Succeeded") and not st.partly_requested:
+        under_way = st.job_status in ("InProgress", "Queued", "Succeeded")
+        if under_way and st.pinned and not st.partly_requested:
             running += 1
             continue
         tier = args.tier or _mount_tier(path, tiers) or "Standard"
@@ -228,10 +245,20 @@ def cmd_restore(argv: list[str]) -> int:
             print(f"glacierfs restore: {path}: {exc.strerror}", file=sys.stderr)
             failed += 1
             continue
+        asked.append(path)
+        if under_way and not st.partly_requested:   # started by a read: now kept until read
+            running += 1
+            continue
         requested += 1
         req_bytes += st.size
     print(f"requested {requested} archives ({human(req_bytes)}); {cached} already cached, "
           f"{running} already in progress" + (f", {failed} failed" if failed else ""))
+    waiting = [st for st in map(file_state, asked) if st is not None and st.waits_for_room]
+    if waiting:
+        print(f"{len(waiting)} of them ({human(sum(st.size for st in waiting))}) exceed the "
+              "cache room and wait: restored files stay cached until read, and each starts "
+              "as reading earlier ones frees room (glacierfs copy does that batch by batch); "
+              "or raise cache_size")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -251,7 +278,8 @@ def _mount_tier(path: Path, known: dict[Path, str | None]) -> str | None:
 def cmd_wait(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="glacierfs wait",
                                 description="Wait until files are cached. Exit 0 when all are, "
-                                            "1 if a retrieval failed, 3 on timeout.")
+                                            "1 if a retrieval failed, 3 on timeout, 4 when the rest "
+                                            "waits for cache room only a reader can free.")
     p.add_argument("paths", nargs="+")
     p.add_argument("-r", "--recursive", action="store_true")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: no limit)")
@@ -260,6 +288,7 @@ def cmd_wait(argv: list[str]) -> int:
     files = list(iter_files(args.paths, args.recursive))
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     tty = sys.stderr.isatty()
+    stuck_since: float | None = None
     while True:
         states = [s for s in (file_state(f) for f in files) if s is not None]
         total = sum(s.size for s in states)
@@ -271,7 +300,12 @@ def cmd_wait(argv: list[str]) -> int:
         line = f"{_bar(done, total)} {ready}/{len(states)} files, {human(done)} of {human(total)}"
         if tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
+        left = [s for s in states if s.cache != "cached"]
+        stuck = bool(left) and all(s.waits_for_room or s.evicted for s in left) \
+            and not _mount_busy(left)
+        stuck_since = (stuck_since or time.monotonic()) if stuck else None
         if ready == len(states) or failed or not_requested or \
+                (stuck_since and time.monotonic() - stuck_since >= STUCK_AFTER) or \
                 (deadline and time.monotonic() >= deadline):
             break
         time.sleep(args.interval)
@@ -289,7 +323,41 @@ def cmd_wait(argv: list[str]) -> int:
         print(f"glacierfs wait: {len(not_requested)} files have no retrieval "
               "(run glacierfs restore first)", file=sys.stderr)
         return EXIT_FAILED
+    if stuck_since:
+        evicted = sum(1 for s in states if s.evicted)
+        if evicted:
+            print(f"glacierfs wait: {evicted} files were downloaded and since evicted from the "
+                  "cache (they were read, or the cache is too small): reading them retrieves "
+                  "them again", file=sys.stderr)
+        if len(states) - ready - evicted:
+            print(f"glacierfs wait: {len(states) - ready - evicted} files wait for cache room "
+                  "held by restored files not yet read: read or copy the cached ones "
+                  "(glacierfs copy does both), or raise cache_size", file=sys.stderr)
+        return EXIT_STUCK
     return EXIT_TIMEOUT
+
+
+def _mount_busy(states: list[FileState]) -> bool:
+    """Is anything under way on the mounts holding these files (a job running, a download)
+    that will free room or end without a reader? Then waiting still makes progress."""
+    mounts = {m for m in glacierfs_mounts()
+              for s in states if _is_under(s.path, m)}
+    for mnt in mounts:
+        raw = _xattr(mnt, STATUS_XATTR)
+        if raw is None:
+            return True   # cannot tell: keep waiting
+        for job in json.loads(raw).get("jobs", []):
+            if job.get("status") in ("InProgress",) or job.get("downloading"):
+                return True
+    return False
+
+
+def _is_under(path: Path, mnt: Path) -> bool:
+    try:
+        path.resolve().relative_to(mnt)
+    except ValueError:
+        return False
+    return True
 
 
 def main(name: str, argv: list[str]) -> int:

@@ -243,7 +243,7 @@ Standard retrieval takes 20 seconds instead of hours. Try:
   ls {mnt}                          # one directory per vault
   ls -lR {mnt}/photos               # names decoded from mt-aws-glacier, FastGlacier, …
   getfattr -d -m user.glacier {mnt}/documents/hello.txt
-  cat {mnt}/documents/hello.txt     # starts a retrieval: "Resource temporarily unavailable"
+  cat {mnt}/documents/hello.txt     # starts a retrieval: "Object is remote"
   glacierfs status {mnt}            # jobs, downloads, cache; cat again after ~20 s
   glacierfs restore -r {mnt}/photos && glacierfs wait -r {mnt}/photos && rsync -a {mnt}/photos/ /tmp/photos/
 Stop it: umount {mnt}; kill $(cat {data_dir / PID_FILE})   (the emulator)""")

@@ -7,9 +7,13 @@ exception escaping a pyfuse3 handler would stop the whole filesystem.
 Semantics (the README's table is generated from the same decisions):
 - the tree is read-only: every write-like request gets EROFS; ``user.glacier.restore`` is the
   one writable attribute (so the kernel mount is never ``ro``: it would refuse setxattr);
-- a read of uncached bytes starts or joins a retrieval and fails with EAGAIN while it runs,
-  ENODATA when it may not start one (``retrieve=manual``, crawlers), EIO when the job failed
-  or the bytes could not be verified, ENOSPC when the cache disk is full;
+- a read of uncached bytes starts or joins a retrieval and fails with EREMOTE ("Object is
+  remote", as s3fs answers archived objects) while it runs, ENODATA when it may not start one
+  (``retrieve=manual``, crawlers), EIO when the job failed or the bytes could not be verified,
+  ENOSPC when the cache disk is full. Never EAGAIN, EINTR or EINPROGRESS there: Python's io
+  reads EAGAIN as "no data yet on a non-blocking descriptor" (``read()`` returns None,
+  ``shutil.copy`` writes an empty file) and EINTR is retried forever. Only a handle opened
+  with O_NONBLOCK gets EAGAIN, which there means exactly "try again";
 - unknown attribute names get ENODATA (never ENOSYS, which the kernel makes permanent).
 """
 
@@ -53,8 +57,13 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+class WouldBlock(NotReady):
+    """NotReady on a handle opened with O_NONBLOCK."""
+
+
 _ERRNO: dict[type[BaseException], int] = {
-    NotReady: errno.EAGAIN,
+    NotReady: errno.EREMOTE,
+    WouldBlock: errno.EAGAIN,
     NotRequested: errno.ENODATA,
     RetrievalFailed: errno.EIO,
     CacheFull: errno.ENOSPC,
@@ -94,6 +103,7 @@ def _process_name(pid: int) -> str:
 class OpenFile:
     entry: Entry
     may_start: bool   # reads through this handle may start a paid retrieval
+    flags: int        # open(2) flags (O_NONBLOCK: "not ready" is EAGAIN; a later fcntl is unseen)
 
 
 class GlacierOperations(pyfuse3.Operations):
@@ -209,7 +219,7 @@ class GlacierOperations(pyfuse3.Operations):
             _process_name(ctx.pid) not in self._ignored_names
         fh = self._next_fh
         self._next_fh += 1
-        self._open_files[fh] = OpenFile(entry, may_start)
+        self._open_files[fh] = OpenFile(entry, may_start, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_handler
@@ -221,7 +231,12 @@ class GlacierOperations(pyfuse3.Operations):
         if off >= entry.size or size <= 0:
             return b""
         size = min(size, entry.size - off)
-        return await self.retrieval.read(entry, off, size, handle.may_start)
+        try:
+            return await self.retrieval.read(entry, off, size, handle.may_start)
+        except NotReady as exc:
+            if handle.flags & os.O_NONBLOCK:
+                raise WouldBlock(str(exc)) from None
+            raise
 
     async def release(self, fh: int) -> None:
         self._open_files.pop(fh, None)

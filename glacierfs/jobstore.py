@@ -95,6 +95,10 @@ class JobStore:
         self._warned_at = 0.0
 
     @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
     def unsaved(self) -> int:
         """Changes kept in memory because the disk refused them (0 normally)."""
         return len(self._unsaved) + len(self._unsaved_spend)

@@ -24,6 +24,7 @@ from glacierfs.jobstore import JobStore
 from glacierfs.namespace import Namespace
 from glacierfs.options import MountOptions
 from glacierfs.retrieval import Retrieval
+from glacierfs.room import CacheRoom
 from glacierfs.store import Store
 from glacierfs.testclock import budget_clock
 
@@ -81,7 +82,8 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
     except glacier.GlacierError as exc:
         raise MountError(f"AWS credentials: {exc}") from None
     aclient = glacier.AsyncGlacier(client, limit=API_THREADS)
-    cache = ChunkCache(opts.state_dir / "chunks", opts.cache_size)
+    room = CacheRoom(store, opts.cache_size)
+    cache = ChunkCache(opts.state_dir / "chunks", opts.cache_size, evictable=room.evictable)
     mounted = contextlib.ExitStack()
     try:
         stored = ns.vaults()
@@ -98,7 +100,8 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
         elif opts.vaults is not None:
             ns.set_vaults([(v.name, v.arn) for v in stored if v.name in opts.vaults]
                           + [(n, None) for n in opts.vaults if n not in {v.name for v in stored}])
-        retrieval = Retrieval(JobStore(store, clock=budget_clock(opts)), aclient, cache, opts, ns)
+        retrieval = Retrieval(JobStore(store, clock=budget_clock(opts)), aclient, cache, opts, ns,
+                              room=room)
         async with trio.open_nursery() as nursery:
             inventories = Inventories(ns, aclient, opts, nursery)
             ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure)

@@ -32,13 +32,14 @@ import trio
 
 from glacierfs import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, NotCached
+from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, NoRoomError, NotCached
 from glacierfs.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
 from glacierfs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
                                 JobStore)
 from glacierfs.namespace import Entry
 from glacierfs.options import MountOptions
 from glacierfs.ranges import RangeBook
+from glacierfs.room import ROOM_REASON, CacheRoom
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,15 @@ CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished
 START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
 LOCAL_RETRY = 10.0           # … or that waits only for room in the cache dir to record it
 # How long a read or a restore request waits for Glacier's answers (ListJobs, InitiateJob) before
-# answering: past it the request goes on in the background and the reader gets EAGAIN. With a
+# answering: past it the request goes on in the background and the reader gets "not ready". With a
 # dead or silent endpoint botocore's timeouts and retries take minutes; a `cat` must not.
 REQUEST_WAIT = 5.0
 # Every this many polling rounds a vault's jobs are listed whole (the others list only completed
 # jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
 FULL_LISTING_EVERY = 10
 OUR_DESCRIPTION = "glacierfs"
+DOWNLOADED = "downloaded and verified"
+EVICTED = "downloaded and verified, since evicted from the cache; reading it retrieves it again"
 LAYOUT_MEMO = 4096           # chunk grids remembered (a few hundred bytes each)
 
 
@@ -67,7 +70,7 @@ class RetrievalError(Exception):
 
 
 class NotReady(RetrievalError):
-    """A retrieval is queued or running; try again later (EAGAIN)."""
+    """A retrieval is queued or running; try again later (EREMOTE; EAGAIN on O_NONBLOCK handles)."""
 
 
 class NotRequested(RetrievalError):
@@ -96,12 +99,18 @@ class _PendingRequest(NamedTuple):
 
 class Retrieval(DownloadOutcome):
     def __init__(self, jobstore: JobStore, client: glacier.AsyncGlacier, cache: ChunkCache,
-                 options: MountOptions, entries: ArchiveLookup) -> None:
+                 options: MountOptions, entries: ArchiveLookup,
+                 room: CacheRoom | None = None) -> None:
         self.jobs = jobstore
         self.client = client
         self.cache = cache
         self.options = options
         self.entries = entries
+        # Cache room is a limit like max_jobs and budget: restored, unread archives are kept.
+        self.room = room or CacheRoom(jobstore.store, cache.size_limit)
+        if cache.evictable is None:
+            cache.evictable = self.room.evictable
+        self.room.on_release = self._queue_wake_set
         self.records: dict[str, JobRecord] = jobstore.load_all()  # by JobRecord.key
         self.ranges = RangeBook(self.records, options, cache)
         self.downloader = Downloader(client, cache, self, workers=options.downloads,
@@ -152,6 +161,12 @@ class Retrieval(DownloadOutcome):
         layout = self.layout(entry)
         return self.cache.state(layout), self.cache.cached_bytes(layout)
 
+    def shown_message(self, rec: JobRecord, cache_state: str) -> str | None:
+        """The status message users see: never "downloaded" for bytes no longer held."""
+        if rec.status_message == DOWNLOADED and cache_state != "cached":
+            return EVICTED
+        return rec.status_message
+
     def queued(self) -> list[JobRecord]:
         return sorted((r for r in self.records.values() if r.state == QUEUED),
                       key=lambda r: r.requested_at)
@@ -173,12 +188,17 @@ class Retrieval(DownloadOutcome):
         tier = tier or self.options.tier
         async with self._lock_for(self._archive_locks, archive_id):
             rec = self.records.get(archive_id)
+            if explicit:
+                self.room.want(archive_id, entry.size)
             if rec is not None and (rec.state != FAILED or not explicit):
+                if explicit and rec.state in (INITIATING, IN_PROGRESS, SUCCEEDED):
+                    self.room.hold(archive_id)  # its job exists: keep what it brings
                 if rec.state == SUCCEEDED and rec.job_id:
                     self._schedule_download(rec, layout)
                 return rec
             adopted = await self._find_remote_job(entry)
             if adopted is not None:
+                self.room.hold(archive_id)
                 return adopted
             if rec is None and (self.ranges.reads_ranged(entry, tier) if chunks is not None
                                 else self.ranges.whole_as_ranges(entry, tier)):
@@ -284,6 +304,9 @@ class Retrieval(DownloadOutcome):
         opts = self.options
         if time.time() < self.unreachable_until:
             return "the Glacier endpoint is unreachable; will retry"
+        room = self.room.refuses(rec.archive_id, rec.size)
+        if room is not None:
+            return room
         if opts.max_jobs:
             running = sum(1 for r in self.records.values() if r.state in (IN_PROGRESS, INITIATING))
             if running >= opts.max_jobs:
@@ -301,6 +324,7 @@ class Retrieval(DownloadOutcome):
         return None
 
     async def _initiate(self, rec: JobRecord) -> None:
+        self.room.hold(rec.archive_id)  # before any await: concurrent starts see the room taken
         rec.state = INITIATING
         rec.initiated_at = time.time()
         rec.status_message = None
@@ -368,6 +392,7 @@ class Retrieval(DownloadOutcome):
         self._signal(rec.archive_id)
 
     def _requeue(self, rec: JobRecord, message: str, retry_in: float | None = None) -> None:
+        self.room.unhold(rec.archive_id)
         rec.state = QUEUED
         rec.job_id = None
         rec.status_message = message
@@ -376,6 +401,7 @@ class Retrieval(DownloadOutcome):
         self._signal(rec.archive_id)
 
     def _fail(self, rec: JobRecord, message: str) -> None:
+        self.room.release(rec.archive_id)
         rec.state = FAILED
         rec.status_message = message
         self._save(rec)
@@ -450,7 +476,7 @@ class Retrieval(DownloadOutcome):
                 # A failed file is failed as a whole: no byte of a partial download is served.
                 raise RetrievalFailed(failed.status_message or "retrieval failed")
             try:
-                data = self.cache.read(layout, offset, size)
+                data = self._read_cached(layout, offset, size)
             except NotCached as exc:
                 missing = exc.missing
             else:
@@ -481,7 +507,7 @@ class Retrieval(DownloadOutcome):
                 await self._wait_chunks(archive_id, mine,
                                         max(deadline, trio.current_time() + CHUNK_WAIT))
                 try:
-                    data = self.cache.read(layout, offset, size)
+                    data = self._read_cached(layout, offset, size)
                     self.ranges.waiting.pop(archive_id, None)
                     return data
                 except NotCached as exc:
@@ -490,6 +516,8 @@ class Retrieval(DownloadOutcome):
                     continue  # this unit's chunks are in; the rest belong to another one
                 for index in missing:
                     error = self.downloader.take_error(archive_id, index)
+                    if isinstance(error, NoRoomError):
+                        raise NotReady(self._no_room(archive_id))
                     if isinstance(error, CacheFullError):
                         raise CacheFull(str(error))
                 rec = self._unit(layout, missing[0])
@@ -518,6 +546,15 @@ class Retrieval(DownloadOutcome):
     async def _request_ahead(self, entry: Entry, chunks: list[int]) -> None:
         with contextlib.suppress(NotReady):
             await self.request_within(entry, 0, chunks=chunks)
+
+    def _read_cached(self, layout: ArchiveLayout, offset: int, size: int) -> bytes:
+        """Bytes from the cache (NotCached if any are missing); a restored archive's pin ends
+        once every chunk of it was read."""
+        data = self.cache.read(layout, offset, size)
+        if self.room.is_held(layout.archive_id):
+            self.room.note_read(layout.archive_id, layout.chunks_for(offset, size),
+                                layout.chunk_count)
+        return data
 
     async def _wait_chunks(self, archive_id: str, indexes: list[int], deadline: float) -> None:
         with trio.move_on_at(deadline):
@@ -674,6 +711,7 @@ class Retrieval(DownloadOutcome):
                                      "confirmed before)"
                 self._save(rec)
                 self.jobs.record_spend(rec.archive_id, rec.size)
+                self.room.hold(rec.archive_id)
                 log.info("found job %s started before a restart", rec.job_id[:16])
                 if rec.state == SUCCEEDED:
                     entry = self.entries.file_by_archive(rec.archive_id)
@@ -750,10 +788,24 @@ class Retrieval(DownloadOutcome):
 
     async def archive_complete(self, archive_id: str) -> None:
         for rec in self.ranges.of_archive(archive_id):
-            rec.status_message = "downloaded and verified"
+            rec.status_message = DOWNLOADED
             self._save(rec)
         log.info("archive %s is cached and verified", archive_id[:16])
         self._signal(archive_id)
+
+    def _no_room(self, archive_id: str) -> str:
+        """A job that exists (adopted, or started before the room filled) waits to download
+        until restored files are read: say so where the reader looks."""
+        message = (f"{ROOM_REASON}: the cache is full of restored files not yet read "
+                   f"({self.room.held_bytes} bytes); read or copy them, or raise cache_size")
+        rec = self.records.get(archive_id)
+        if rec is not None and rec.status_message != message:
+            rec.status_message = message
+            self._save(rec)
+        return message
+
+    def _queue_wake_set(self) -> None:
+        self._queue_wake.set()
 
     def _expected_root(self, archive_id: str) -> str | None:
         rec = self.records.get(archive_id)

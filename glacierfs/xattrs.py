@@ -37,14 +37,18 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
     ranges = retrieval.ranges.summary(entry, retrieval.layout(entry))
     if ranges is not None:  # ranged retrievals: counts and ranges, JSON for scripts
         values[RANGES_XATTR] = json.dumps(ranges, separators=(",", ":"))
+    if retrieval.room.is_pinned(entry.archive_id or ""):
+        values["user.glacier.cache.pinned"] = "held" if retrieval.room.is_held(
+            entry.archive_id or "") else "wanted"
     rec = retrieval.record(entry.archive_id or "")
     if rec is not None:
         values["user.glacier.job.status"] = rec.public_status
         values["user.glacier.job.tier"] = rec.tier
         if rec.job_id:
             values["user.glacier.job.id"] = rec.job_id
-        if rec.status_message:
-            values["user.glacier.job.status_message"] = rec.status_message
+        message = retrieval.shown_message(rec, state)
+        if message:
+            values["user.glacier.job.status_message"] = message
         if rec.creation_date:
             values["user.glacier.job.creation_date"] = rec.creation_date
         if rec.completion_date:

@@ -27,7 +27,7 @@ BAD_LOG = re.compile(r"Traceback|internal error|glacierfs stopped")
 # Tools print strerror texts; pin the language so tests can match them.
 TOOL_ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "QUOTING_STYLE": "literal",
             "TZ": "UTC"}
-EAGAIN_TEXT = "Resource temporarily unavailable"
+NOT_READY_TEXT = "Object is remote"  # EREMOTE: retrieval requested or running
 EROFS_TEXT = "Read-only file system"
 
 
@@ -121,13 +121,13 @@ def wait_listed(path: Path, names: set[str], timeout: float = 30.0) -> set[str]:
 
 
 def read_when_ready(path: Path, timeout: float = 30.0) -> bytes:
-    """``cat`` a file until it succeeds; every failure on the way must be EAGAIN."""
+    """``cat`` a file until it succeeds; every failure on the way must be EREMOTE ("not ready")."""
     deadline = time.monotonic() + timeout
     while True:
         proc = run("cat", path)
         if proc.returncode == 0:
             return proc.stdout
-        assert EAGAIN_TEXT in proc.stderr, proc.stderr
+        assert NOT_READY_TEXT in proc.stderr, proc.stderr
         if time.monotonic() > deadline:
             pytest.fail(f"{path} still not readable after {timeout}s: {proc.stderr}")
         time.sleep(0.3)

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from e2e_util import (EAGAIN_TEXT, MIB, getfattr_all, getfattr_one, ok, run, start_emulator,
+from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, getfattr_one, ok, run, start_emulator,
                       wait_for, wait_listed)
 
 from glacierfs.treehash import tree_hash_hex
@@ -71,10 +71,10 @@ def dd_range(path, offset: int, length: int, timeout: float = 60.0) -> bytes:
 
 
 def restore_and_slow_down(emulator, f, offset: int, delay: float) -> None:
-    """First read (EAGAIN, starts the job); make the vault's downloads slow; wait for the job."""
+    """First read (EREMOTE, starts the job); make the vault's downloads slow; wait for the job."""
     proc = run("dd", f"if={f}", "bs=4096", "iflag=skip_bytes", f"skip={offset}", "count=1",
                "of=/dev/null")
-    assert proc.returncode == 1 and EAGAIN_TEXT in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and NOT_READY_TEXT in proc.stderr, proc.stderr
     emulator.add_fault({"operation": "GetJobOutput", "fault": "slow", "delay": delay,
                         "vault": VAULT})
     wait_for(lambda: getfattr_one(f, "user.glacier.job.status") == "Succeeded", 30,

@@ -1,4 +1,4 @@
-"""Reading through the mount: retrieval on first read (EAGAIN, then the exact bytes), explicit
+"""Reading through the mount: retrieval on first read (EREMOTE, then the exact bytes), explicit
 restores with ``setfattr``, ``retrieve=manual``, concurrent readers sharing one job, range reads
 with ``dd`` across chunk boundaries, and ``cp``/``rsync -a`` of a restored tree.
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_util import (EAGAIN_TEXT, MIB, TOOL_ENV, archive_jobs, getfattr_all, getfattr_one,
+from e2e_util import (NOT_READY_TEXT, MIB, TOOL_ENV, archive_jobs, getfattr_all, getfattr_one,
                       initiated, ok, read_when_ready, run, start_emulator, wait_for,
                       wait_listed)
 
@@ -81,13 +81,13 @@ def wait_attr(path: Path, name: str, value: str, timeout: float = 30.0) -> None:
     wait_for(lambda: getfattr_one(path, name) == value, timeout, f"{name}={value} on {path}")
 
 
-def test_cat_fails_with_eagain_then_gives_the_exact_bytes(emulator, ids, mnt):
+def test_cat_fails_with_eremote_then_gives_the_exact_bytes(emulator, ids, mnt):
     f = mnt / VAULT / "small.txt"
     before = initiated(emulator)
     began = time.monotonic()
     proc = run("cat", f)
     assert proc.returncode == 1 and proc.stdout == b""
-    assert EAGAIN_TEXT in proc.stderr
+    assert NOT_READY_TEXT in proc.stderr
     assert time.monotonic() - began < 5  # wait=0: no waiting for the job
     attrs = getfattr_all(f)
     assert attrs["user.glacier.job.status"] == "InProgress"
@@ -97,7 +97,7 @@ def test_cat_fails_with_eagain_then_gives_the_exact_bytes(emulator, ids, mnt):
     assert [j["JobId"] for j in jobs] == [attrs["user.glacier.job.id"]]
     assert jobs[0]["Tier"] == "Standard"
     assert attrs["user.glacier.job.creation_date"]
-    assert read_when_ready(f) == FILES["small.txt"]  # each cat before it is ready: EAGAIN
+    assert read_when_ready(f) == FILES["small.txt"]  # each cat before it is ready: EREMOTE
     assert initiated(emulator) - before == 1  # repeated reads joined the one job
     wait_attr(f, "user.glacier.cache", "cached")
     attrs = getfattr_all(f)
@@ -121,7 +121,7 @@ def test_setfattr_restore_bulk(emulator, ids, mnt):
     (job,) = archive_jobs(emulator, VAULT, ids["bulk.bin"])
     assert job["Tier"] == "Bulk" and job["JobId"] == attrs["user.glacier.job.id"]
     proc = run("cat", f)
-    assert proc.returncode == 1 and EAGAIN_TEXT in proc.stderr  # reading joins, no new job
+    assert proc.returncode == 1 and NOT_READY_TEXT in proc.stderr  # reading joins, no new job
     wait_attr(f, "user.glacier.job.status", "Succeeded", timeout=BULK_DELAY + 20)
     # the whole archive is fetched in the background once the job is done: no read needed
     wait_attr(f, "user.glacier.cache", "cached")
@@ -195,7 +195,7 @@ def test_dd_range_reads_match_the_source(emulator, ids, mnt):
     f = mnt / VAULT / "ranged.bin"
     source = FILES["ranged.bin"]
     proc = run("dd", f"if={f}", "of=/dev/null", "bs=4096", "skip=300", "count=1")
-    assert proc.returncode == 1 and EAGAIN_TEXT in proc.stderr
+    assert proc.returncode == 1 and NOT_READY_TEXT in proc.stderr
     wait_attr(f, "user.glacier.job.status", "Succeeded")
     for operands, offset, length in RANGES:
         got = dd(f, *operands)
@@ -215,7 +215,7 @@ def test_rsync_and_cp_copy_a_restored_tree(emulator, ids, mnt, tmp_path):
     before = initiated(emulator)
     first = run("rsync", "-a", f"{src}/", tmp_path / "rsync")
     assert first.returncode == 23, first.stderr
-    assert EAGAIN_TEXT in first.stderr
+    assert NOT_READY_TEXT in first.stderr
     started = initiated(emulator) - before
     non_empty = [name for name, (_, data, _) in TREE.items() if data]
     assert started == len(non_empty)  # one job per file that has bytes to fetch

@@ -8,7 +8,7 @@ import random
 import time
 
 import pytest
-from e2e_util import (EAGAIN_TEXT, MIB, getfattr_all, listing, ok, read_when_ready, run,
+from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, listing, ok, read_when_ready, run,
                       start_emulator, text, wait_for, wait_listed)
 
 from glacierfs.demo import mt2
@@ -112,7 +112,7 @@ def test_remount_with_the_emulator_stopped(emulator, first_mount, mounts):
             proc = run("cat", root / "uncached.bin", timeout=60)
             elapsed = time.monotonic() - began
             assert proc.returncode == 1 and proc.stdout == b""
-            assert EAGAIN_TEXT in proc.stderr or "Input/output error" in proc.stderr, \
+            assert NOT_READY_TEXT in proc.stderr or "Input/output error" in proc.stderr, \
                 proc.stderr
             assert elapsed < 30, f"a read with the endpoint down took {elapsed:.1f}s"
         assert ok("cat", root / "cached.bin") == CACHED  # still served after the failures

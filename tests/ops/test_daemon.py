@@ -208,7 +208,7 @@ def test_credentials_never_logged(mounts: Mounts) -> None:
     assert listed(mnt / VAULT)
     target = mnt / VAULT / "a" / "hello.txt"
     try:
-        (mnt / VAULT / "top.txt").read_bytes()     # starts a retrieval (EAGAIN, unless quick)
+        (mnt / VAULT / "top.txt").read_bytes()     # starts a retrieval (EREMOTE, unless quick)
     except OSError:
         pass
     os.setxattr(target, "user.glacier.restore", b"Expedited")

@@ -20,7 +20,7 @@ def _errno_of(fn) -> int:  # type: ignore[no-untyped-def]
 
 
 def _read(path: Path) -> bytes:
-    """os.read, not Path.read_bytes: Python's buffered read returns None on EAGAIN."""
+    """One read(2) of up to 1 MiB; raises OSError with the errno."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.read(fd, 1 << 20)
@@ -35,7 +35,7 @@ def test_errors_of_the_table(mounts: Mounts) -> None:
     listed(mnt / VAULT)
     f = mnt / VAULT / "a" / "hello.txt"
     assert _errno_of(lambda: os.stat(mnt / VAULT / "missing")) == errno.ENOENT
-    assert _errno_of(lambda: _read(f)) == errno.EAGAIN                      # retrieval running
+    assert _errno_of(lambda: _read(f)) == errno.EREMOTE                      # retrieval running
     assert os.getxattr(f, "user.glacier.job.status") == b"InProgress"
     assert _errno_of(lambda: os.getxattr(f, "user.glacier.nope")) == errno.ENODATA
     assert _errno_of(lambda: os.setxattr(f, "user.glacier.restore", b"Fast")) == errno.EINVAL

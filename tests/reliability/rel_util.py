@@ -182,7 +182,7 @@ class Core:
 
     async def read_when_ready(self, a: Archive, offset: int = 0, size: int | None = None,
                               timeout: float = 60.0, may_start: bool = True) -> bytes:
-        """Read like a patient user: retry EAGAIN until the bytes come (or ``timeout``)."""
+        """Read like a patient user: retry "not ready" until the bytes come (or ``timeout``)."""
         from glacierfs.retrieval import NotReady
         size = a.size - offset if size is None else size
         with trio.fail_after(timeout):
@@ -332,8 +332,7 @@ def xattr(path: Path | str, name: str) -> str | None:
 
 
 def read_errno(path: Path | str) -> int | None:
-    """The errno of reading a file (None when it reads whole). Plain ``os.read``: Python's
-    file objects turn EAGAIN into a ``None`` result."""
+    """The errno of reading a file (None when it reads whole), through plain read(2) calls."""
     try:
         read_all(path)
     except OSError as exc:

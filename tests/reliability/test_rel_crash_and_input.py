@@ -176,7 +176,7 @@ def test_hostile_inventories_give_a_browsable_tree_and_nothing_outside(sim, tmp_
         assert huge == 30000
         assert len(os.listdir(mnt / "huge" / ".by-id")) == 30000
         assert sentinel.read_text() == "outside"
-        # The daemon still answers everything: stat, xattrs, reads (EAGAIN / 0-byte files).
+        # The daemon still answers everything: stat, xattrs, reads (EREMOTE / 0-byte files).
         listing = subprocess.run(["ls", "-laR", str(mnt)], capture_output=True, timeout=120)
         assert listing.returncode == 0
         subprocess.run(["getfattr", "-R", "-d", "-m", "-", str(mnt / "hostile")],

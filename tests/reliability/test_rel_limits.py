@@ -49,7 +49,7 @@ def test_max_jobs_under_find_exec_cat_over_1000_files(sim, tmp_path):
         proc = subprocess.run(["find", str(mnt / "v" / "d"), "-type", "f", "-exec", "cat", "{}",
                                "+"], capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and proc.stdout == ""
-        assert proc.stderr.count("Resource temporarily unavailable") == 1000
+        assert proc.stderr.count("Object is remote") == 1000
         assert _retrievals(sim, "v") == 4
         doc = _status(mnt)
         assert doc["job_counts"] == {"InProgress": 4, "Queued": 996}
@@ -91,7 +91,7 @@ def test_budget_under_20_concurrent_readers(sim, tmp_path):
             t.start()
         for t in threads:
             t.join(120)
-        assert set(errors) == {errno.EAGAIN}
+        assert set(errors) == {errno.EREMOTE}
         assert _retrievals(sim, "w") == 5  # 5 x 1 KiB fit in 5K a day
         doc = _status(mnt)
         assert doc["job_counts"] == {"InProgress": 5, "Queued": 35}

@@ -50,7 +50,7 @@ def _read_when_ready(path: Path, expected: bytes, timeout: float = 60.0) -> None
         try:
             return read_all(path)
         except OSError as exc:
-            assert exc.errno == errno.EAGAIN, f"{path}: {exc}"
+            assert exc.errno == errno.EREMOTE, f"{path}: {exc}"
             return None
     data = poll_until(attempt, timeout=timeout, interval=0.2, what=f"{path} readable")
     compare(data, expected)
@@ -65,7 +65,7 @@ def test_failed_job_policy_and_corruption_give_eio_with_reason(sim, tmp_path):
     with mounted(mnt, mount_options(sim, cache)):
         # A job that ends Failed: EIO, Glacier's message in the xattr, restore starts anew.
         sim.set_faults([{"operation": "InitiateJob", "fault": "job_failed", "count": 1}])
-        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 0)) == errno.EREMOTE
         poll_until(lambda: xattr(_path(mnt, 0), "user.glacier.job.status") == "Failed",
                    what="job failed")
         assert read_errno(_path(mnt, 0)) == errno.EIO
@@ -87,7 +87,7 @@ def test_failed_job_policy_and_corruption_give_eio_with_reason(sim, tmp_path):
 
         # Bytes that never match their tree hash: EIO, the reason, nothing cached.
         sim.set_faults([{"operation": "GetJobOutput", "fault": "corrupt"}])
-        assert read_errno(_path(mnt, 2)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 2)) == errno.EREMOTE
         poll_until(lambda: read_errno(_path(mnt, 2)) == errno.EIO, what="EIO")
         assert "tree-hash" in xattr(_path(mnt, 2), "user.glacier.job.status_message")
         assert xattr(_path(mnt, 2), "user.glacier.cache.bytes") == "0"
@@ -102,7 +102,7 @@ def test_kill9_during_download_then_remount_resumes(sim, tmp_path):
     opts = mount_options(sim, cache, downloads="1")
     sim.set_faults([{"operation": "GetJobOutput", "fault": "slow", "delay": 0.4}])
     with mounted(mnt, opts) as m:
-        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 0)) == errno.EREMOTE
         poll_until(lambda: int(xattr(_path(mnt, 0), "user.glacier.cache.bytes") or 0) >= 3 * MIB,
                    what="three chunks")
         m.kill9()
@@ -131,7 +131,7 @@ def test_endpoint_down_at_mount_time(sim, tmp_path):
         compare(read_all(_path(mnt, 0)), a.data)
         for _ in range(3):
             start = time.monotonic()
-            assert read_errno(_path(mnt, 1)) == errno.EAGAIN
+            assert read_errno(_path(mnt, 1)) == errno.EREMOTE
             assert time.monotonic() - start < 5, "an uncached read must fail fast"
         assert xattr(_path(mnt, 1), "user.glacier.job.status") == "Queued"
         assert subprocess.run(["ls", "-lR", str(mnt)], capture_output=True).returncode == 0
@@ -166,19 +166,19 @@ def _silent_endpoint(port: int):
 
 def test_silent_endpoint_never_holds_a_reader_or_a_mount(sim, tmp_path):
     """With an endpoint that never answers, botocore's timeouts and retries add up to minutes.
-    A read of an uncached file still answers EAGAIN within seconds, a restore request returns,
+    A read of an uncached file still answers EREMOTE within seconds, a restore request returns,
     and a first mount (nothing stored) fails with one line instead of hanging."""
     (a, b), cache, mnt = _setup(sim, tmp_path, [MIB, MIB])
     opts = mount_options(sim, cache)
     sim.stop()
     with _silent_endpoint(sim.port), mounted(mnt, opts) as m:
         start = time.monotonic()
-        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 0)) == errno.EREMOTE
         assert time.monotonic() - start < 12, "an uncached read must not wait for Glacier"
         # Once one request of the vault went unanswered, the next callers do not wait again
         # (a thousand-file `glacierfs restore -r` must not take 5 s a file).
         start = time.monotonic()
-        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 0)) == errno.EREMOTE
         os.setxattr(_path(mnt, 1), "user.glacier.restore", b"Bulk")
         assert time.monotonic() - start < 4, "later requests must not wait for Glacier again"
         # getfattr says the files were asked for, though Glacier has not answered yet.
@@ -211,7 +211,7 @@ def test_crawlers_start_no_retrieval(sim, tmp_path):
         assert _initiates(sim) == 0
         assert xattr(_path(mnt, 0), "user.glacier.job.status") is None
         # An ordinary reader does start one.
-        assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+        assert read_errno(_path(mnt, 0)) == errno.EREMOTE
         assert _initiates(sim) == 1
 
 
@@ -311,14 +311,14 @@ def test_disk_full_gives_enospc_and_recovers(sim, tmp_path):
         seed_state(state_dir_for(cache, "us-east-1", sim.url), "v", [big])
         opts = mount_options(sim, cache, cache_size="1G", downloads="2")
         with mounted(mnt, opts):
-            assert read_errno(_path(mnt, 0)) == errno.EAGAIN
+            assert read_errno(_path(mnt, 0)) == errno.EREMOTE
 
             def enospc() -> bool:
                 for chunk in range(11, -1, -1):  # some chunk is not cached: it cannot fit
                     try:
                         read_all(_path(mnt, 0), chunk * MIB, 4096)
                     except OSError as exc:
-                        assert exc.errno in (errno.EAGAIN, errno.ENOSPC), exc
+                        assert exc.errno in (errno.EREMOTE, errno.ENOSPC), exc
                         if exc.errno == errno.ENOSPC:
                             return True
                 return False

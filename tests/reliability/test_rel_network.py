@@ -85,7 +85,7 @@ def sim_fired_drops(sim) -> int:
 
 def test_retries_are_bounded_and_jittered(sim, tmp_path, fast, monkeypatch):
     """A connection that always drops: a chunk is tried TRANSIENT_ATTEMPTS times with growing,
-    jittered pauses, then the reader gets EAGAIN instead of a hung read."""
+    jittered pauses, then the reader gets "not ready" instead of a hung read."""
     [a] = _archives(sim, "bounded", [MIB])
     pauses: list[float] = []
     real_backoff = download._backoff
