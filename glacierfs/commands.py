@@ -153,6 +153,9 @@ def ranges_line(r: dict) -> str:  # type: ignore[type-arg]
         ("cached", "cached"), ("failed", "failed")) if r.get(k)]
     line = f"ranges of {human(r.get('range_size', 0))}: {r.get('requested', 0)} of " \
            f"{r.get('windows', 0)} requested" + (f" ({', '.join(parts)})" if parts else "")
+    if r.get("waiting_for_budget"):
+        line += (f"; {r['waiting_for_budget']} wait for the daily budget (retrieved range by "
+                 "range across days)")
     if r.get("waiting_for"):
         line += f"; the reader waits for {r['waiting_for']}"
     return line

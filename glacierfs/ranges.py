@@ -328,6 +328,9 @@ class RangeBook:
             "requested": len(ranged),
             **counts,
             "bytes_requested": sum(r.size for r in ranged),
+            # held by the daily budget: the archive is retrieved range by range across days
+            "waiting_for_budget": sum(1 for r in ranged if r.state == QUEUED
+                                      and "daily budget" in (r.status_message or "")),
             "whole_requested": len(covered) == layout.chunk_count,
             "waiting_for": self.waiting.get(entry.archive_id or ""),
             "ranges": listed,
@@ -357,6 +360,9 @@ def human_line(summary: dict[str, Any]) -> str:
     line = f"{summary['requested']} of {summary['windows']} ranges requested"
     if parts:
         line += ": " + ", ".join(parts).replace("succeeded", "downloading")
+    if summary.get("waiting_for_budget"):
+        line += (f"; {summary['waiting_for_budget']} wait for the daily budget (retrieved "
+                 "range by range across days)")
     if summary.get("waiting_for"):
         line += f"; the reader waits for {summary['waiting_for']}"
     return line

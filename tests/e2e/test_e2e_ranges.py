@@ -242,6 +242,8 @@ def test_archive_of_three_budgets_is_retrieved_over_three_days(mounts, tmp_path,
                                     or "")
                 status = _glacierfs("status", str(mnt.path)).stdout.decode()
                 assert f"{3 - day} queued" in status
+                assert f"{3 - day} wait for the daily budget" in status
+                assert info["waiting_for_budget"] == 3 - day
             clock.write_text(str(day * 86400 + 60))
             sim.advance_clock(86400 + 60)
         _assert_no_overlap(sorted(seen))

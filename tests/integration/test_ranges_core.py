@@ -244,3 +244,29 @@ def test_a_streaming_reader_gets_the_next_window_requested_ahead(sim, glacier, v
 
     trio.run(main)
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5")
+def test_expedited_restore_of_a_big_archive_asks_for_ranges_under_250_mb(sim, glacier, vault,
+                                                                         tmp_path):
+    """Glacier documents Expedited for archives under 250 MB: a 300 MiB archive restored
+    Expedited is asked for in 128 MiB ranges, all Expedited; Standard keeps one whole job."""
+    sim.synthesize(vault, 2, 300 * MIB, "disk-{i}.img")
+    core = Core(sim, tmp_path)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        fast, slow = core.file(vault, "disk-0.img"), core.file(vault, "disk-1.img")
+        await core.retrieval.request(fast, tier="Expedited", explicit=True)
+        await core.retrieval.request(slow, tier="Standard", explicit=True)
+        jobs = _archive_jobs(glacier, vault)
+        expedited = [j for j in jobs if j["ArchiveId"] == fast.archive_id]
+        assert _ranges(expedited, fast.size) == [
+            (0, 128 * MIB - 1), (128 * MIB, 256 * MIB - 1), (256 * MIB, 300 * MIB - 1)]
+        assert {j["Tier"] for j in expedited} == {"Expedited"}
+        standard = [j for j in jobs if j["ArchiveId"] == slow.archive_id]
+        assert len(standard) == 1 and standard[0].get("RetrievalByteRange") in (
+            None, f"0-{slow.size - 1}")
+
+    trio.run(main)
+    core.close()
