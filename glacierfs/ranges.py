@@ -43,10 +43,11 @@ if TYPE_CHECKING:
 
 # Glacier: Expedited retrievals are for archives, or ranges, under 250 MB.
 EXPEDITED_LIMIT = 250 * 1000 * 1000
-# range_size when not given, by tier: the cost model in the README (window cost W·g + r against
-# the r·m/W extra requests of a read of m bytes; optimum W = sqrt(m·r/g)). Standard and Bulk:
-# r/g is 5–10 MB, so 32 MiB is optimal for reads of about 100–200 MB and within 10% for 30 MB to
-# 1 GB. Expedited: r/g is about 340 MB, so windows are as large as the tier allows.
+# range_size when not given, by tier: the cost model in the README. A read of m bytes touches
+# 1 + m/W windows of W bytes, each billed W·g + r (per-GB and per-request price), so its extra
+# cost is W·g + m·r/W, least at W = sqrt(m·r/g). Standard and Bulk: r/g is 5 and 10 MB, so
+# 32 MiB is the best power of two for reads of about 100–300 MB and within 5% of it up to 1 GB.
+# Expedited: r/g is about 330 MB, so windows are as large as the tier allows (under 250 MB).
 DEFAULT_RANGE_SIZE = {"Standard": 32 * MIB, "Bulk": 32 * MIB, "Expedited": 128 * MIB}
 # Windows a sequential reader gets requested ahead of the one it is in: enough to keep a stream
 # going while the next job runs, bounded so a reader that stops early pays for one window more.
