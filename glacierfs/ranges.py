@@ -25,6 +25,7 @@ Runs on the trio thread; no I/O of its own except the cache's index queries.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import time
@@ -75,13 +76,19 @@ class RangeBook:
         self._verified: set[str] = set()          # range keys whose fold matched
         self._failed: dict[str, str] = {}         # archive id -> key of a failed range
         self._ahead_window: dict[str, int] = {}   # archive id -> window last read ahead from
+        # archive id -> its ranged records' (starts, [(start, end, key)]), sorted: they never
+        # overlap, so one bisection finds what covers or meets a byte range
+        self._spans: dict[str, tuple[list[int], list[tuple[int, int, str]]]] = {}
         for rec in records.values():
             self.track(rec)
 
     # --- the index of records by archive --------------------------------------------------
     def track(self, rec: JobRecord) -> None:
         """Called with every saved record (new or changed)."""
-        self._keys.setdefault(rec.archive_id, set()).add(rec.key)
+        keys = self._keys.setdefault(rec.archive_id, set())
+        if rec.key not in keys:
+            keys.add(rec.key)
+            self._spans.pop(rec.archive_id, None)
         if rec.ranged and rec.state == FAILED:
             self._failed[rec.archive_id] = rec.key
         elif self._failed.get(rec.archive_id) == rec.key:
@@ -144,6 +151,27 @@ class RangeBook:
     def ranged_of(self, archive_id: str) -> list[JobRecord]:
         return [r for r in self.of_archive(archive_id) if r.ranged]
 
+    def _sorted_spans(self, archive_id: str) -> tuple[list[int], list[tuple[int, int, str]]]:
+        spans = self._spans.get(archive_id)
+        if spans is None:
+            found = sorted((r.range_start, r.range_end, r.key) for r in self.ranged_of(archive_id))
+            spans = self._spans[archive_id] = ([s for s, _, _ in found], found)
+        return spans
+
+    def _meets(self, archive_id: str, start: int, end: int) -> bool:
+        """Does a ranged record share a byte with ``start..end``?"""
+        starts, spans = self._sorted_spans(archive_id)
+        i = bisect.bisect_right(starts, end) - 1
+        return i >= 0 and spans[i][1] >= start
+
+    def _ranged_at(self, archive_id: str, start: int, end: int) -> JobRecord | None:
+        """The ranged record holding all of ``start..end``."""
+        starts, spans = self._sorted_spans(archive_id)
+        i = bisect.bisect_right(starts, start) - 1
+        if i >= 0 and spans[i][1] >= end:
+            return self.records.get(spans[i][2])
+        return None
+
     # --- sizes -------------------------------------------------------------------------------
     def window(self, tier: str) -> int:
         """The unit size for this tier: ``range_size`` (or the tier's default), halved below
@@ -187,9 +215,13 @@ class RangeBook:
 
     def covering(self, layout: ArchiveLayout, index: int) -> JobRecord | None:
         """The record whose job serves chunk ``index``: a live one before a failed one."""
-        found = [r for r in self.of_archive(layout.archive_id) if self.covers(r, layout, index)]
-        live = [r for r in found if r.state != FAILED]
-        return (live or found or [None])[0]
+        whole = self.records.get(layout.archive_id)
+        if whole is not None and whole.state != FAILED:
+            return whole
+        ranged = self._ranged_at(layout.archive_id, *layout.chunk_range(index))
+        if ranged is not None and (ranged.state != FAILED or whole is None):
+            return ranged
+        return whole or ranged
 
     def unit_for(self, layout: ArchiveLayout, index: int, tier: str) -> tuple[int, int] | None:
         """The byte range (inclusive) to request for chunk ``index``: its window, halved towards
@@ -197,27 +229,33 @@ class RangeBook:
         (a foreign job covering part of a chunk: then the chunk cannot be asked for alone)."""
         size = self.window(tier)
         chunk_start, _ = layout.chunk_range(index)
-        others = [(r.range_start, r.range_end) for r in self.ranged_of(layout.archive_id)]
         while True:
             start = chunk_start // size * size
             end = min(start + size, layout.size) - 1
-            if not any(s <= end and start <= e for s, e in others):
+            if not self._meets(layout.archive_id, start, end):
                 return start, end
             if size <= self.options.chunk_size:
                 return None
             size //= 2
 
     def plan(self, layout: ArchiveLayout, chunks: Iterable[int], tier: str) -> list[tuple[int, int]]:
-        """New units for the chunks no record covers (in order; none twice)."""
+        """New units for the chunks no record covers, in order. A new unit never meets another
+        one (cells of one grid are nested or disjoint, and the cells a unit was halved from met
+        a record, as they do for every later chunk of them), so the chunks it holds are skipped."""
         units: list[tuple[int, int]] = []
-        for index in chunks:
-            if self.covering(layout, index) is not None:
+        done_until = -1   # chunks up to this byte are covered (by a record or a new unit)
+        for index in sorted(set(chunks)):
+            start, end = layout.chunk_range(index)
+            if start <= done_until:
                 continue
-            if any(s <= layout.chunk_range(index)[0] <= e for s, e in units):
+            rec = self.covering(layout, index)
+            if rec is not None:
+                done_until = rec.range_end if rec.ranged else layout.size
                 continue
             unit = self.unit_for(layout, index, tier)
             if unit is not None:
                 units.append(unit)
+                done_until = unit[1]
         return units
 
     def usable_remote(self, job: dict[str, Any], size: int) -> tuple[int, int] | None:

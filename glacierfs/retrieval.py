@@ -229,12 +229,19 @@ class Retrieval(DownloadOutcome):
                 await self._start_or_queue(old)
             elif old.state == SUCCEEDED and old.job_id:
                 self._schedule_download(old, layout)
+        queued = False
         for start, end in self.ranges.plan(layout, wanted, tier):
-            await self._start_or_queue(JobRecord(
-                archive_id=layout.archive_id, vault=entry.vault, state=QUEUED, tier=tier,
-                size=end - start + 1, tree_hash=None, requested_at=time.time(),
-                range_start=start, range_end=end))
-        missing = [i for i in wanted if not self.cache.has_chunk(layout, i)] or wanted
+            rec = JobRecord(archive_id=layout.archive_id, vault=entry.vault, state=QUEUED,
+                            tier=tier, size=end - start + 1, tree_hash=None,
+                            requested_at=time.time(), range_start=start, range_end=end)
+            if queued:  # an earlier range waits: so do the later ones, in order
+                rec.status_message = "waiting for earlier requests"
+                self._save(rec)
+                continue
+            await self._start_or_queue(rec)
+            queued = rec.state == QUEUED
+        present = self.cache.chunk_tree_hashes(layout)
+        missing = [i for i in wanted if i not in present] or wanted
         return self.ranges.covering(layout, missing[0])
 
     async def _start_or_queue(self, rec: JobRecord) -> None:
@@ -480,7 +487,8 @@ class Retrieval(DownloadOutcome):
             except NotCached as exc:
                 missing = exc.missing
             else:
-                if may_start and self._nursery is not None and self.ranges.enabled():
+                if may_start and entry.size > self.options.chunk_size and \
+                        self._nursery is not None and self.ranges.enabled():
                     self._read_ahead(entry, layout, offset, offset + len(data))
                 return data
             rec = self._unit(layout, missing[0])
