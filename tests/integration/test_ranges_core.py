@@ -270,3 +270,40 @@ def test_expedited_restore_of_a_big_archive_asks_for_ranges_under_250_mb(sim, gl
 
     trio.run(main)
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.3")
+def test_a_ranged_job_started_elsewhere_is_adopted_for_what_it_covers(sim, glacier, vault,
+                                                                      tmp_path):
+    """Another machine retrieved bytes 4-8 MiB: a read there adopts its job (no InitiateJob);
+    a read at 1 MiB starts its own window; a whole restore then asks only for what neither
+    covers."""
+    data = random.Random(19).randbytes(12 * MIB)
+    archive_id = upload(glacier, vault, data, "shared.img")
+    glacier.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": archive_id,
+        "RetrievalByteRange": f"{4 * MIB}-{8 * MIB - 1}"})
+    core = Core(sim, tmp_path, range_size=2 * MIB, wait=10.0)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "shared.img")
+        sim.reset_stats()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            assert await core.retrieval.read(f, 6 * MIB, 10, may_start=True) == \
+                data[6 * MIB:6 * MIB + 10]
+            assert "InitiateJob" not in sim.stats()["requests"]
+            assert await core.retrieval.read(f, MIB, 10, may_start=True) == data[MIB:MIB + 10]
+            await core.retrieval.request(f, explicit=True)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached", 30)
+            assert await core.retrieval.read(f, 0, len(data), may_start=True) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    ranges = _ranges(_archive_jobs(glacier, vault), len(data))
+    _assert_disjoint(ranges)
+    assert (4 * MIB, 8 * MIB - 1) in ranges
+    assert sum(e - s + 1 for s, e in ranges) == len(data)
+    assert sim.stats()["requests"]["InitiateJob"] == len(ranges) - 1
+    core.close()

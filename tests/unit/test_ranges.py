@@ -82,3 +82,32 @@ def test_adoptable_ranges_from_listjobs():
         (96 * MIB, SIZE - 1)
     assert book.usable_remote({"RetrievalByteRange": f"0-{SIZE - 1}"}, SIZE) is None  # whole
     assert book.usable_remote({}, SIZE) is None
+
+
+class _Hashes:
+    """The one cache query range verification makes: verified tree hash per stored chunk."""
+
+    def __init__(self, hashes: dict[int, bytes]) -> None:
+        self.hashes = hashes
+
+    def chunk_tree_hashes(self, layout: ArchiveLayout) -> dict[int, bytes]:
+        return dict(self.hashes)
+
+
+def test_a_range_is_verified_against_its_tree_hash_once_its_chunks_are_in():
+    from glacierfs.treehash import tree_hash, tree_hash_hex
+    data = bytes(range(256)) * (4 * MIB // 256)          # chunks 4-7 of an archive, 1 MiB each
+    layout = ArchiveLayout("A", 16 * MIB, MIB)
+    hashes = {4 + i: tree_hash(data[i * MIB:(i + 1) * MIB]) for i in range(4)}
+    rec = _rec(4 * MIB, 8 * MIB - 1)
+    rec.tree_hash = tree_hash_hex(data)                   # Glacier's SHA256TreeHash of the range
+    book = _book([rec])
+    book.cache = _Hashes({k: v for k, v in hashes.items() if k != 6})
+    assert book.verify(rec, layout) is None               # a chunk still missing
+    book.cache = _Hashes(hashes)
+    assert book.verify(rec, layout) is True
+    wrong = _rec(4 * MIB, 8 * MIB - 1)
+    wrong.tree_hash = tree_hash_hex(data[::-1])
+    other = _book([wrong])
+    other.cache = _Hashes(hashes)
+    assert other.verify(wrong, layout) is False
