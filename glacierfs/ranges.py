@@ -367,9 +367,11 @@ class RangeBook:
             "requested": len(ranged),
             **counts,
             "bytes_requested": sum(r.size for r in ranged),
-            # held by the daily budget: the archive is retrieved range by range across days
-            "waiting_for_budget": sum(1 for r in ranged if r.state == QUEUED
-                                      and "daily budget" in (r.status_message or "")),
+            # held by the daily budget (the first queued range, the others in order behind
+            # it): the archive is retrieved range by range across days
+            "waiting_for_budget": counts["queued"] if any(
+                r.state == QUEUED and "daily budget" in (r.status_message or "")
+                for r in ranged) else 0,
             "whole_requested": len(covered) == layout.chunk_count,
             "waiting_for": self.waiting.get(entry.archive_id or ""),
             "ranges": listed,
