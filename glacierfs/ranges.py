@@ -305,14 +305,22 @@ class RangeBook:
         return wanted
 
     # --- verification ------------------------------------------------------------------------
-    def verify(self, rec: JobRecord, layout: ArchiveLayout) -> bool | None:
+    def unverified(self, archive_id: str) -> list[JobRecord]:
+        """Succeeded ranges of the archive not verified yet."""
+        return [r for r in self.ranged_of(archive_id)
+                if r.state == SUCCEEDED and r.key not in self._verified]
+
+    def verify(self, rec: JobRecord, layout: ArchiveLayout,
+               hashes: dict[int, bytes] | None = None) -> bool | None:
         """For a succeeded ranged job whose chunks are all in: does their fold equal the range's
-        SHA256TreeHash from Glacier? None while chunks are missing (or no hash is known)."""
+        SHA256TreeHash from Glacier? None while chunks are missing (or no hash is known).
+        ``hashes``: the archive's stored chunk hashes, when the caller has them already."""
         if not rec.ranged or rec.state != SUCCEEDED or not rec.tree_hash:
             return None
         if rec.key in self._verified:
             return True
-        hashes = self.cache.chunk_tree_hashes(layout)
+        if hashes is None:
+            hashes = self.cache.chunk_tree_hashes(layout)
         indexes = self._indexes(rec, layout)
         if any(i not in hashes for i in indexes):
             return None
@@ -320,6 +328,9 @@ class RangeBook:
         if ok:
             self._verified.add(rec.key)
         return ok
+
+    def is_verified(self, rec: JobRecord) -> bool:
+        return rec.key in self._verified
 
     def forget_verified(self, rec: JobRecord) -> None:
         self._verified.discard(rec.key)

@@ -227,8 +227,8 @@ class Retrieval(DownloadOutcome):
                 old.requested_at = time.time()
                 self.ranges.forget_verified(old)
                 await self._start_or_queue(old)
-            elif old.state == SUCCEEDED and old.job_id:
-                self._schedule_download(old, layout)
+            elif old.state == SUCCEEDED and old.job_id and chunks is None:
+                self._schedule_download(old, layout)  # a restore: the whole of what is done
         queued = False
         for start, end in self.ranges.plan(layout, wanted, tier):
             rec = JobRecord(archive_id=layout.archive_id, vault=entry.vault, state=QUEUED,
@@ -582,12 +582,17 @@ class Retrieval(DownloadOutcome):
 
     def _recover(self) -> None:
         """After a restart: resume downloads; jobs caught mid-initiation are looked up."""
+        incomplete: dict[str, Entry | None] = {}   # per archive: its entry if chunks are missing
         for rec in list(self.records.values()):
             if rec.state == INITIATING:
                 rec.next_poll = time.time()
             if rec.state == SUCCEEDED and rec.job_id:
-                entry = self.entries.file_by_archive(rec.archive_id)
-                if entry is not None and self.cache.missing_chunks(self.layout(entry)):
+                if rec.archive_id not in incomplete:
+                    entry = self.entries.file_by_archive(rec.archive_id)
+                    incomplete[rec.archive_id] = entry if entry is not None and \
+                        self.cache.missing_chunks(self.layout(entry)) else None
+                entry = incomplete[rec.archive_id]
+                if entry is not None:
                     self._schedule_download(rec, self.layout(entry))
 
     async def _poll_loop(self) -> None:
@@ -825,12 +830,15 @@ class Retrieval(DownloadOutcome):
     async def _verify_ranges(self) -> None:
         """Ranges whose chunks are all in: their fold must be the range's SHA256TreeHash."""
         for archive_id in {r.archive_id for r in self.records.values()
-                           if r.ranged and r.state == SUCCEEDED}:
+                           if r.ranged and r.state == SUCCEEDED
+                           and not self.ranges.is_verified(r)}:
             entry = self.entries.file_by_archive(archive_id)
             if entry is None:
                 continue
-            for rec in self.ranges.ranged_of(archive_id):
-                if self.ranges.verify(rec, self.layout(entry)) is False:
+            layout = self.layout(entry)
+            hashes = self.cache.chunk_tree_hashes(layout)
+            for rec in self.ranges.unverified(archive_id):
+                if self.ranges.verify(rec, layout, hashes) is False:
                     reason = (f"bytes {rec.byte_range} do not fold to the range's tree hash "
                               f"{rec.tree_hash}; the downloaded bytes were discarded")
                     self.downloader.cancel_archive(archive_id)
