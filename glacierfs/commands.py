@@ -1,4 +1,4 @@
-"""``glacierfs status | restore | wait | demo``: commands for people and scripts.
+"""``glacierfs status | restore | wait | select | demo``: commands for people and scripts.
 
 They talk to a running mount through its extended attributes only (the root's
 ``user.glacier.status`` JSON, each file's ``user.glacier.*``, and ``user.glacier.restore``),
@@ -120,6 +120,18 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
         if job.get("ranges"):
             line += f"\n             {ranges_line(job['ranges'])}"
         if job.get("message"):
+            line += f"\n             {job['message']}"
+        lines.append(line)
+    selects = doc.get("select", {}).get("jobs") or []
+    if selects:
+        lines.append(f"Select jobs: {len(selects)}")
+    for job in selects:
+        name = job.get("path") or job["archive_id"][:24]
+        line = f"  {job['status']:<10} {job['tier']:<9} {_duration(job['age']):>6} ago  {name}"
+        line += f"\n             {job['query'][:100]}"
+        if job.get("output_path"):
+            line += f"\n             → s3://{job['bucket']}/{job['output_path']}"
+        if job.get("message") and job["status"] != "Succeeded":
             line += f"\n             {job['message']}"
         lines.append(line)
     cache = doc.get("cache", {})
@@ -371,6 +383,9 @@ def main(name: str, argv: list[str]) -> int:
             return cmd_restore(argv)
         if name == "wait":
             return cmd_wait(argv)
+        if name == "select":
+            from glacierfs.selectcmd import cmd_select
+            return cmd_select(argv)
         if name == "demo":
             from glacierfs.demo import main as demo_main
             return demo_main(argv)

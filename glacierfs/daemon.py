@@ -37,8 +37,8 @@ def _argument_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glacierfs",
         description="Mount Amazon S3 Glacier vaults. Sub-commands: sim, status, restore, wait, "
-                    "demo (glacierfs COMMAND --help).",
-        epilog="Options (-o, comma-separated): endpoint_url, profile, account_id, vaults "
+                    "select, demo (glacierfs COMMAND --help).",
+        epilog="Options (-o, comma-separated): endpoint_url, s3_endpoint_url, profile, account_id, vaults "
                "(a:b), cache_dir, cache_size (50G), tier (Expedited|Standard|Bulk), retrieve "
                "(auto|manual), wait (s), poll (s), max_jobs, budget (bytes/day, 100G), "
                "inventory_refresh (s|off), expedited_fallback, retrieve_ignore (a:b), "

@@ -3,8 +3,9 @@
 Starts the emulator (in the background, state in ``--data-dir``), fills it once with vaults
 whose archives carry descriptions in every format real uploaders write (mt-aws-glacier,
 FastGlacier, CloudBerry, QNAP, plain paths; folders, non-ASCII names, duplicates), sizes from
-a few bytes to hundreds of MB, then mounts it and prints what to try. Running it again reuses
-what is there.
+a few bytes to hundreds of MB, and a CSV archive to query with ``glacierfs select``; runs a local
+S3 endpoint (moto's S3 server, in the emulator's process) for the select results; then mounts
+it and prints what to try. Running it again reuses what is there.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import argparse
 import base64
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +32,10 @@ DEFAULT_DATA = "/var/lib/glacierfs-demo"
 # Short tier delays so a restore can be watched from start to finish.
 DEMO_DELAYS = ("Expedited=5", "Standard=20", "Bulk=45", "inventory=3")
 SEEDED_MARK = "seeded-v1"
+CSV_MARK = "seeded-csv-v1"      # the CSV archive came later: demos seeded before get it too
+DEMO_BUCKET = "glacierfs-demo"  # select results go there, in the emulator's local S3
+CSV_PATH = "reports/sales-2023.csv"
+CSV_VAULT = "documents"
 PID_FILE = "emulator.pid"
 INVENTORY_WAIT = 60.0   # seconds; the emulator's inventory jobs take a few
 
@@ -115,7 +122,49 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
-def start_emulator(data_dir: Path, port: int) -> str:
+def sales_csv() -> bytes:
+    """The demo's CSV archive: a year of orders, deterministic, with a header line."""
+    countries = ("FR", "DE", "US", "JP", "BR", "IN")
+    products = ("kayak", "tent", "stove", "lamp", "rope", "boots")
+    lines = ["order_id,date,customer,country,product,quantity,total"]
+    for n in range(1, 2001):
+        h = int(hashlib.sha256(str(n).encode()).hexdigest()[:8], 16)
+        quantity = h % 9 + 1
+        lines.append(f"{n},2023-{h % 12 + 1:02d}-{h % 28 + 1:02d},customer-{h % 97:02d},"
+                     f"{countries[h % 6]},{products[(h >> 4) % 6]},{quantity},"
+                     f"{quantity * ((h >> 8) % 200 + 5)}.{h % 100:02d}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _s3_ready(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # S3 answered (an error for an anonymous listing is an answer)
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def prepare_s3(s3_url: str) -> bool:
+    """The bucket select jobs write to (S3 in the emulator's process keeps it in memory)."""
+    if not _s3_ready(s3_url, 15):
+        print(f"no S3 endpoint at {s3_url}: glacierfs select will not work in this demo")
+        return False
+    import boto3
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_url,
+                          aws_access_key_id="demo", aws_secret_access_key="demo")
+    try:
+        client.create_bucket(Bucket=DEMO_BUCKET)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return True
+
+
+def start_emulator(data_dir: Path, port: int, s3_port: int | None = None) -> str:
     url = f"http://127.0.0.1:{port}"
     if _wait_http(url, 0.5):
         print(f"emulator already running at {url}")
@@ -126,6 +175,8 @@ def start_emulator(data_dir: Path, port: int) -> str:
            str(data_dir / "glacier")]
     for d in DEMO_DELAYS:
         cmd += ["--delay", d]
+    if s3_port is not None:
+        cmd += ["--local-s3", str(s3_port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
@@ -136,18 +187,25 @@ def start_emulator(data_dir: Path, port: int) -> str:
 
 
 def seed(url: str, data_dir: Path) -> None:
-    mark = data_dir / SEEDED_MARK
-    if mark.exists():
-        return
     import boto3
     client = boto3.client("glacier", region_name="us-east-1", endpoint_url=url,
                           aws_access_key_id="demo", aws_secret_access_key="demo")
+    mark = data_dir / SEEDED_MARK
+    csv_mark = data_dir / CSV_MARK
+    if mark.exists():
+        if not csv_mark.exists():
+            client.upload_archive(vaultName=CSV_VAULT, archiveDescription=CSV_PATH,
+                                  body=sales_csv())
+            csv_mark.write_text("ok\n")
+        return
     for vault, archives in demo_archives().items():
         client.create_vault(vaultName=vault)
         for i, (description, size) in enumerate(archives):
             data = _pattern(f"{vault}/{i}", size, _plain_name(description))
             print(f"  uploading {vault}: {size:>11,} bytes", flush=True)
             _upload(client, vault, description, data)
+    client.upload_archive(vaultName=CSV_VAULT, archiveDescription=CSV_PATH, body=sales_csv())
+    csv_mark.write_text("ok\n")
     mark.write_text("ok\n")
 
 
@@ -183,7 +241,7 @@ def _dead_mount(mountpoint: Path) -> bool:
     return False
 
 
-def mount(url: str, mountpoint: Path, data_dir: Path) -> None:
+def mount(url: str, mountpoint: Path, data_dir: Path, s3_url: str | None = None) -> None:
     if _dead_mount(mountpoint):
         print(f"{mountpoint}: clearing a dead mount left by a crash (fusermount3 -u)")
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
@@ -194,6 +252,8 @@ def mount(url: str, mountpoint: Path, data_dir: Path) -> None:
     own = Path(sys.executable).with_name("glacierfs")   # this install, not another on PATH
     exe = str(own) if own.exists() else (shutil.which("glacierfs") or sys.argv[0])
     opts = f"endpoint_url={url},cache_dir={data_dir}/cache,poll=2,inventory_refresh=off"
+    if s3_url:
+        opts += f",s3_endpoint_url={s3_url}"
     cmd = [exe, "us-east-1", str(mountpoint), "-o", opts]
     print("mounting:", " ".join(cmd))
     result = subprocess.run(cmd)
@@ -230,12 +290,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mountpoint", default=DEFAULT_MOUNT)
     p.add_argument("--data-dir", default=DEFAULT_DATA)
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--s3-port", type=int, default=None,
+                   help="port of the local S3 for select results (default: --port + 1)")
     args = p.parse_args(argv)
     data_dir = Path(args.data_dir)
     mnt = Path(args.mountpoint)
-    url = start_emulator(data_dir, args.port)
+    s3_port = args.s3_port if args.s3_port is not None else args.port + 1
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    has_moto = importlib.util.find_spec("moto") is not None
+    if not has_moto:
+        print("moto[server] is not installed: the demo runs without S3, so glacierfs select "
+              "will not work (pip install 'glacierfs[demo]')")
+    url = start_emulator(data_dir, args.port, s3_port if has_moto else None)
+    select_ok = has_moto and prepare_s3(s3_url)
     seed(url, data_dir)
-    mount(url, mnt, data_dir)
+    mount(url, mnt, data_dir, s3_url if select_ok else None)
     wait_for_inventories(mnt)
     print(f"""
 glacierfs demo is mounted on {mnt}: a Glacier account served by a local emulator, where a
@@ -246,5 +315,8 @@ Standard retrieval takes 20 seconds instead of hours. Try:
   cat {mnt}/documents/hello.txt     # starts a retrieval: "Object is remote"
   glacierfs status {mnt}            # jobs, downloads, cache; cat again after ~20 s
   glacierfs restore -r {mnt}/photos && glacierfs wait -r {mnt}/photos && rsync -a {mnt}/photos/ /tmp/photos/
+  glacierfs select {mnt}/{CSV_VAULT}/{CSV_PATH} --header use --tier Expedited --wait \\
+      --query "SELECT s.order_id, s.customer, s.total FROM archive s WHERE s.country = 'FR' AND s.total > 1000" \\
+      --output s3://{DEMO_BUCKET}/select     # SQL inside Glacier: only the matching rows come back
 Stop it: umount {mnt}; kill $(cat {data_dir / PID_FILE})   (the emulator)""")
     return 0

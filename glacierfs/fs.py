@@ -38,6 +38,8 @@ from glacierfs.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
 from glacierfs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
                                  RetrievalFailed)
+from glacierfs.selectjobs import SelectJobs
+from glacierfs.selectspec import SELECT_XATTR, SelectRequest, SpecError
 from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,10 @@ class GlacierOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, retrieval: Retrieval, options: MountOptions,
-                 on_vault_opened: Callable[[str], None] = lambda v: None) -> None:
+                 on_vault_opened: Callable[[str], None] = lambda v: None,
+                 selects: SelectJobs | None = None) -> None:
         super().__init__()
+        self.selects = selects
         self.ns = namespace
         self.retrieval = retrieval
         self.options = options
@@ -244,7 +248,10 @@ class GlacierOperations(pyfuse3.Operations):
     # --- extended attributes -----------------------------------------------------------------
     def _xattr_values(self, entry: Entry) -> dict[str, str]:
         if entry.kind == KIND_FILE:
-            return xattrs.file_attributes(entry, self.retrieval)
+            values = xattrs.file_attributes(entry, self.retrieval)
+            if self.selects is not None:
+                values.update(self.selects.file_attributes(entry))
+            return values
         if entry.kind == KIND_VAULT:
             info = self.ns.vault(entry.vault)
             return xattrs.vault_attributes(info) if info else {}
@@ -255,11 +262,12 @@ class GlacierOperations(pyfuse3.Operations):
     def _root_attributes(self) -> dict[str, str]:
         """The status document, its job list shortened until it fits one xattr value (the
         counts always cover every job): 1,000 queued requests must not hide the status."""
-        values = xattrs.root_attributes(self.ns, self.retrieval, self.options)
+        values = xattrs.root_attributes(self.ns, self.retrieval, self.options, self.selects)
         limit = xattrs.MAX_STATUS_JOBS
         while len(values[xattrs.STATUS_XATTR].encode()) > XATTR_SIZE_MAX and limit > 0:
             limit //= 2
-            doc = status.status_document(self.ns, self.retrieval, self.options, max_jobs=limit)
+            doc = status.status_document(self.ns, self.retrieval, self.options, max_jobs=limit,
+                                         selects=self.selects)
             doc["jobs_truncated"] = True
             values = {xattrs.STATUS_XATTR: json.dumps(doc, separators=(",", ":"))}
         return values
@@ -289,6 +297,9 @@ class GlacierOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         entry = self._entry(inode)
+        if os.fsdecode(name) == SELECT_XATTR and self.selects is not None:
+            await self._select(inode, entry, value)
+            return
         if os.fsdecode(name) != RESTORE_XATTR:
             raise pyfuse3.FUSEError(errno.EROFS if name.startswith(b"user.glacier.")
                                     else errno.ENOTSUP)
@@ -303,6 +314,20 @@ class GlacierOperations(pyfuse3.Operations):
             pass  # Glacier is slow to answer: the request goes on, and that is what was asked
         # The file's attributes and the root's status document both changed: a memoized
         # value (``glacierfs restore`` reads the root's to learn the tier) would hide the job.
+        self._xattr_memo = {k: v for k, v in self._xattr_memo.items()
+                            if k[0] not in (inode, ROOT_INODE)}
+
+    async def _select(self, inode: int, entry: Entry, value: bytes) -> None:
+        """``setxattr user.glacier.select`` (what ``glacierfs select`` sends): start or reuse a
+        select job; the answer is read back from ``user.glacier.select.jobs``."""
+        assert self.selects is not None
+        if entry.kind != KIND_FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        try:
+            spec = SelectRequest.from_json(value)
+        except SpecError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        await self.selects.request_within(entry, spec)
         self._xattr_memo = {k: v for k, v in self._xattr_memo.items()
                             if k[0] not in (inode, ROOT_INODE)}
 

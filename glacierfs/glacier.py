@@ -232,13 +232,15 @@ class GlacierClient:
 
     # --- jobs ---------------------------------------------------------------------------
     def _initiate_job(self, vault: str, params: dict[str, Any]) -> str:
+        return str(self._initiate_job_answer(vault, params)["jobId"])
+
+    def _initiate_job_answer(self, vault: str, params: dict[str, Any]) -> dict[str, Any]:
         """InitiateJob, sent once per refusal at most: a lost answer (Unreachable) is raised,
         never resent, because the job may have started; the caller looks for it."""
         for attempt in range(1, INITIATE_ATTEMPTS + 1):
             try:
-                out = self._call("InitiateJob", self._initiate_client.initiate_job,
-                                 vaultName=vault, jobParameters=params)
-                return str(out["jobId"])
+                return self._call("InitiateJob", self._initiate_client.initiate_job,
+                                  vaultName=vault, jobParameters=params)
             except (Throttled, ServiceUnavailable):
                 if attempt == INITIATE_ATTEMPTS:
                     raise
@@ -257,6 +259,16 @@ class GlacierClient:
         params = {"Type": "inventory-retrieval", "Format": fmt,
                   "Description": f"{OUR_JOB_PREFIX} inventory"}
         return self._initiate_job(vault, params)
+
+    def initiate_select(self, vault: str, archive_id: str, tier: str,
+                        select_parameters: dict[str, Any], output_location: dict[str, Any],
+                        description: str) -> tuple[str, str | None]:
+        """A select job; returns (job id, x-amz-job-output-path)."""
+        params = {"Type": "select", "ArchiveId": archive_id, "Tier": tier,
+                  "Description": description[:1024], "SelectParameters": select_parameters,
+                  "OutputLocation": output_location}
+        out = self._initiate_job_answer(vault, params)
+        return str(out["jobId"]), out.get("jobOutputPath")
 
     def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
         return self._call("DescribeJob", self._client.describe_job, vaultName=vault, jobId=job_id)
@@ -344,6 +356,13 @@ class AsyncGlacier:
 
     async def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
         return await self.run(self.client.initiate_inventory_retrieval, vault, fmt)
+
+    async def initiate_select(self, vault: str, archive_id: str, tier: str,
+                              select_parameters: dict[str, Any],
+                              output_location: dict[str, Any],
+                              description: str) -> tuple[str, str | None]:
+        return await self.run(self.client.initiate_select, vault, archive_id, tier,
+                              select_parameters, output_location, description)
 
     async def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
         return await self.run(self.client.describe_job, vault, job_id)

@@ -25,6 +25,7 @@ from glacierfs.namespace import Namespace
 from glacierfs.options import MountOptions
 from glacierfs.retrieval import Retrieval
 from glacierfs.room import CacheRoom
+from glacierfs.selectjobs import SelectJobs
 from glacierfs.store import Store
 from glacierfs.testclock import budget_clock
 
@@ -102,9 +103,12 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                           + [(n, None) for n in opts.vaults if n not in {v.name for v in stored}])
         retrieval = Retrieval(JobStore(store, clock=budget_clock(opts)), aclient, cache, opts, ns,
                               room=room)
+        selects = SelectJobs(store, aclient, opts, retrieval)
+        retrieval.extra_in_flight = selects.in_flight
         async with trio.open_nursery() as nursery:
             inventories = Inventories(ns, aclient, opts, nursery)
-            ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure)
+            ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure,
+                                    selects=selects)
             source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
             signals = mounted.enter_context(_stop_signals())
             try:
@@ -116,6 +120,7 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 ready()
                 notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
+                nursery.start_soon(selects.run)
                 nursery.start_soon(_stop_on_signals, signals)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:

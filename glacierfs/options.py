@@ -105,6 +105,7 @@ class MountOptions:
     region: str
     account_id: str = "-"
     endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None  # where select results are read (default: AWS's S3)
     profile: str | None = None
     vaults: tuple[str, ...] | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -222,7 +223,7 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
     if key == "ro":
         values["read_only"] = True
         return
-    if key in ("endpoint_url", "profile"):
+    if key in ("endpoint_url", "profile", "s3_endpoint_url"):
         values[key] = _need(value, key)
     elif key == "account_id":
         v = _need(value, key)

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime, timedelta, UTC
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import trio
@@ -126,6 +127,8 @@ class Retrieval(DownloadOutcome):
         self._requesting: dict[str, _PendingRequest] = {}  # still waiting for Glacier
         self._nursery: trio.Nursery | None = None     # for requests that outlive their caller
         self.unreachable_until = 0.0
+        # Other paid jobs in flight that count against max_jobs (select jobs: selectjobs.py).
+        self.extra_in_flight: Callable[[], int] = lambda: 0
 
     # --- queries (for xattrs and status) --------------------------------------------------
     def record(self, archive_id: str) -> JobRecord | None:
@@ -306,16 +309,18 @@ class Retrieval(DownloadOutcome):
             return self._unit(self.layout(entry), chunks[0])
         return self.records.get(archive_id)  # another caller's request, now finished
 
-    def _limits_allow(self, rec: JobRecord) -> str | None:
-        """None when ``rec`` may start now, else the reason it waits (shown to users)."""
+    def _limits_allow(self, rec: JobRecord, cache_room: bool = True) -> str | None:
+        """None when ``rec`` may start now, else the reason it waits (shown to users).
+        ``cache_room``: its bytes come into the cache (not so for a select job's)."""
         opts = self.options
         if time.time() < self.unreachable_until:
             return "the Glacier endpoint is unreachable; will retry"
-        room = self.room.refuses(rec.archive_id, rec.size)
+        room = self.room.refuses(rec.archive_id, rec.size) if cache_room else None
         if room is not None:
             return room
         if opts.max_jobs:
             running = sum(1 for r in self.records.values() if r.state in (IN_PROGRESS, INITIATING))
+            running += self.extra_in_flight()
             if running >= opts.max_jobs:
                 return f"waiting: {running} of max_jobs={opts.max_jobs} jobs in flight"
         if opts.budget is not None:

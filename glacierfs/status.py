@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from glacierfs.namespace import Namespace
     from glacierfs.options import MountOptions
     from glacierfs.retrieval import Retrieval
+    from glacierfs.selectjobs import SelectJobs
 
 # Typical completion time by tier (the middle of Glacier's documented range), for estimates.
 TYPICAL_DURATION = {"Expedited": 3 * 60, "Standard": 4 * 3600, "Bulk": 8 * 3600}
@@ -35,7 +36,7 @@ def observed_durations(records: Iterable[JobRecord]) -> dict[str, float]:
 
 
 def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
-                    max_jobs: int = 200) -> dict[str, Any]:
+                    max_jobs: int = 200, selects: SelectJobs | None = None) -> dict[str, Any]:
     now = time.time()
     vaults = [{
         "name": v.name,
@@ -101,6 +102,9 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
             "tier": options.tier,
             "retrieve": options.retrieve,
         },
+        "select": {"s3_endpoint_url": options.s3_endpoint_url, "region": options.region,
+                   "profile": options.profile,
+                   "jobs": _select_jobs(ns, selects, max_jobs)},
         "downloads": dict(retrieval.downloader.stats),
         "api_calls": dict(retrieval.client.client.calls),
     }
@@ -139,3 +143,13 @@ def _ranged_job(ns: Namespace, retrieval: Retrieval, archive_id: str, jobs: list
         "downloading": retrieval.downloader.is_downloading(archive_id),
         "ranges": {k: v for k, v in summary.items() if k != "ranges"},
     })
+
+
+def _select_jobs(ns: Namespace, selects: SelectJobs | None, limit: int) -> list[dict[str, Any]]:
+    if selects is None:
+        return []
+    out = []
+    for job in selects.status_entries()[-limit:] if limit else []:
+        entry = ns.file_by_archive(job["archive_id"])
+        out.append({**job, "path": ns.path_of(entry) if entry else None})
+    return out

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from glacierfs.namespace import Namespace
     from glacierfs.options import MountOptions
     from glacierfs.retrieval import Retrieval
+    from glacierfs.selectjobs import SelectJobs
 
 PREFIX = "user.glacier."
 STATUS_XATTR = "user.glacier.status"   # on the mount root: JSON for ``glacierfs status``
@@ -78,8 +79,8 @@ def _inventory_status(info: VaultInfo) -> str:
     return "None"
 
 
-def root_attributes(ns: Namespace, retrieval: Retrieval,
-                    options: MountOptions) -> dict[str, str]:
+def root_attributes(ns: Namespace, retrieval: Retrieval, options: MountOptions,
+                    selects: SelectJobs | None = None) -> dict[str, str]:
     from glacierfs.status import status_document
-    doc = status_document(ns, retrieval, options, max_jobs=MAX_STATUS_JOBS)
+    doc = status_document(ns, retrieval, options, max_jobs=MAX_STATUS_JOBS, selects=selects)
     return {STATUS_XATTR: json.dumps(doc, separators=(",", ":"))}

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-key-id", default=None,
                    help="if given, requests signed with another access key id get 403 "
                         "UnrecognizedClientException (signatures themselves are not checked)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3 endpoint (S3 API, e.g. a local S3 server) where select jobs write "
+                        "their output; without it InitiateJob refuses select jobs")
+    p.add_argument("--local-s3", type=int, default=None, metavar="PORT",
+                   help="also run a local S3 endpoint (moto's S3 server, needs moto[server]) in "
+                        "this process on 127.0.0.1:PORT (0: a free port) and write select "
+                        "output there; what glacierfs demo uses")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--verbose", action="store_true", help="log every HTTP exchange")
     return p
@@ -141,7 +148,26 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"glacierfs sim: cannot use data dir {args.data_dir}: {exc}", file=sys.stderr)
         return 2
-    sim = Sim.open(store, config, seed=args.seed)
+    local_s3 = None
+    if args.local_s3 is not None:
+        try:
+            from glacierfs.sim import s3server
+            local_s3 = s3server.start(port=args.local_s3)
+        except ImportError:
+            print("glacierfs sim: --local-s3 needs moto's S3 server: pip install "
+                  "'glacierfs[demo]' (or moto[server])", file=sys.stderr)
+            store.close()
+            return 2
+        except OSError as exc:
+            print(f"glacierfs sim: cannot start the local S3 on port {args.local_s3}: {exc}",
+                  file=sys.stderr)
+            store.close()
+            return 2
+        args.s3_endpoint = args.s3_endpoint or local_s3.url
+        log.info("local S3 (moto) at %s", local_s3.url)
+    sim = Sim.open(store, config, seed=args.seed, s3_endpoint=args.s3_endpoint)
+    if args.s3_endpoint:
+        sim.select.watch(sim.jobs)
     for rule in args.fault:
         sim.faults.append(rule)
     try:
@@ -152,6 +178,8 @@ def main(argv: list[str]) -> int:
         return 2
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)
+    if local_s3 is not None:
+        print(f"s3 on {local_s3.url}", flush=True)
     log.info("data dir %s, delays %s, inventory %s", args.data_dir, delays, args.inventory_mode)
 
     def stop(signum: int, frame: object) -> None:
@@ -164,5 +192,8 @@ def main(argv: list[str]) -> int:
         log.info("stopping")
     finally:
         server.server_close()
+        sim.select.stop()
+        if local_s3 is not None:
+            local_s3.stop()
         store.close()
     return 0

@@ -1,4 +1,5 @@
-"""Job operations: InitiateJob, DescribeJob, ListJobs, GetJobOutput."""
+"""Job operations: InitiateJob, DescribeJob, ListJobs, GetJobOutput (select jobs: their
+validation and output live in ``sim/select/``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from glacierfs.sim.inventory import daily_snapshot, decode_marker
 from glacierfs.sim.jobs import (ARCHIVE_RETRIEVAL, IN_PROGRESS, IN_PROGRESS_MESSAGE,
                                 INVENTORY_RETRIEVAL, job_file, parse_limit)
 from glacierfs.sim.messages import Request, Response, empty, json_response
+from glacierfs.sim.select.service import SELECT, validate_tier
 from glacierfs.sim.store import Row
 from glacierfs.treehash import is_mib_aligned_range, is_tree_hash_aligned
 
@@ -45,9 +47,10 @@ def initiate_job(sim: Sim, req: Request, account: str, vault: str) -> Response:
         raise missing("Required parameter Type is missing")
     description = check_description(_str(params, "Description"), "job description") or None
     sns = _str(params, "SNSTopic")
+    prepared = None
     if kind == "select":
-        raise invalid("Select jobs (S3 Select on archives) are not supported by this emulator")
-    if kind == "archive-retrieval":
+        fields, prepared = _select_job(sim, vault, vault_row, params)
+    elif kind == "archive-retrieval":
         fields = _archive_job(sim, vault, vault_row, params)
     elif kind == "inventory-retrieval":
         fields = _inventory_job(sim, vault_row, params)
@@ -68,8 +71,32 @@ def initiate_job(sim: Sim, req: Request, account: str, vault: str) -> Response:
     cols = ", ".join(fields)
     marks = ", ".join("?" for _ in fields)
     sim.store.run(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(fields.values()))
-    return empty(202, {"Location": f"/{sim.config.account_id}/vaults/{vault}/jobs/{job_id}",
-                       "x-amz-job-id": job_id})
+    headers = {"Location": f"/{sim.config.account_id}/vaults/{vault}/jobs/{job_id}",
+               "x-amz-job-id": job_id}
+    if prepared is not None:
+        headers["x-amz-job-output-path"] = sim.select.start(sim.jobs, job_id, prepared)
+    return empty(202, headers)
+
+
+def _select_job(sim: Sim, vault: str, vault_row: Row, params: dict) -> tuple[dict, dict]:
+    archive_id = _str(params, "ArchiveId")
+    if not archive_id:
+        raise missing("Required parameter ArchiveId is missing for a select job")
+    tier = validate_tier(params)
+    prepared = sim.select.validate(params)
+    archive = sim.store.archive(vault_row["id"], archive_id)
+    if archive is None:
+        raise not_found(f"Archive not found for ArchiveId: {archive_id}")
+    candidates = {"policy"} | ({"insufficient_capacity"} if tier == "Expedited" else set())
+    rule = sim.faults.draw("InitiateJob", vault, candidates)
+    if rule:
+        raise error_for(rule)
+    failed = sim.faults.draw("InitiateJob", vault, {"job_failed"})
+    return {"action": SELECT, "archive_id": archive_id, "archive_size": archive["size"],
+            "archive_tree_hash": archive["tree_hash"],
+            "archive_description": archive["description"], "tier": tier,
+            "fail_message": FAILED_JOB_MESSAGE if failed else None,
+            "body_src": sim.store.path(archive["body"])}, prepared
 
 
 def _archive_job(sim: Sim, vault: str, vault_row: Row, params: dict) -> dict:
@@ -188,6 +215,9 @@ def get_job_output(sim: Sim, req: Request, account: str, vault: str, job_id: str
     if sim.faults.draw("GetJobOutput", vault, {"expire"}):
         sim.jobs.force_expire(job_id)
         raise not_found(f"The job ID was not found: {job_id}")
+    if job["action"] == SELECT:
+        raise invalid(f"GetJobOutput is not available for select jobs: the output is in S3 "
+                      f"(JobOutputPath in DescribeJob): {job_id}")
     if job["completed"] is None or job["status"] != "Succeeded":
         raise invalid(f"The job is not currently available for download: {job_id}")
     body = sim.jobs.output_body(job)

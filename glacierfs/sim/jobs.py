@@ -20,6 +20,7 @@ from glacierfs.sim.bodies import Body, leaves_path_for
 from glacierfs.sim.clock import Clock, iso, parse_iso
 from glacierfs.sim.config import INVENTORY, SimConfig
 from glacierfs.sim.errors import invalid, not_found
+from glacierfs.sim.select.service import SELECT, SelectService
 from glacierfs.sim.store import Row, Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Jobs:
         self.store = store
         self.config = config
         self.clock = clock
+        self.select: SelectService | None = None  # set by Sim.open
         self._render_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -81,7 +83,9 @@ class Jobs:
             if current is None or current["completed"] is not None:
                 return current or job
             fields: dict[str, object] = {"completed": when}
-            if current["fail_message"]:
+            if current["action"] == SELECT and self.select is not None:
+                fields.update(self.select.finish(current, when, self.store.path(current["body"])))
+            elif current["fail_message"]:
                 fields.update(status=FAILED, status_message=current["fail_message"])
             elif current["action"] == INVENTORY_RETRIEVAL:
                 fields.update(self._render_inventory(current, when))
@@ -170,7 +174,7 @@ class Jobs:
         """The DescribeJob body (also a ListJobs entry): every documented field, null when it
         does not apply, as Glacier sends them."""
         vault = self.store.one("SELECT name FROM vaults WHERE id = ?", (job["vault_id"],))
-        archive = job["action"] == ARCHIVE_RETRIEVAL
+        archive = job["action"] in (ARCHIVE_RETRIEVAL, SELECT)
         done = job["completed"] is not None
         out: dict[str, object] = {
             "Action": job["action"],
@@ -192,6 +196,8 @@ class Jobs:
             "Tier": job["tier"],
             "VaultARN": self.config.vault_arn(vault["name"] if vault else "?"),
         }
+        if job["action"] == SELECT and self.select is not None:
+            out.update(self.select.describe_fields(job))
         if not archive:
             out["InventoryRetrievalParameters"] = {
                 "Format": job["format"],

@@ -129,8 +129,7 @@ def test_job_errors(glacier, vault):
     assert code(exc) == ("InvalidParameterValueException", 400)
     with pytest.raises(ClientError) as exc:
         glacier.initiate_job(vaultName=vault, jobParameters={"Type": "select"})
-    assert code(exc) == ("InvalidParameterValueException", 400)
-    assert "not supported" in str(exc.value)
+    assert code(exc) == ("MissingParameterValueException", 400)  # select: see test_sim_select
     with pytest.raises(ClientError) as exc:
         glacier.describe_job(vaultName=vault, jobId="nope")
     assert code(exc) == ("ResourceNotFoundException", 404)
