@@ -188,18 +188,25 @@ class RangeBook:
     def enabled(self) -> bool:
         return self.options.range_size != 0
 
+    def has_ranges(self, archive_id: str) -> bool:
+        return bool(self._sorted_spans(archive_id)[0])
+
     def reads_ranged(self, entry: Entry, tier: str) -> bool:
-        """Does a read of this archive retrieve windows instead of the whole archive?"""
+        """Does a read of this archive retrieve windows instead of the whole archive? Also
+        with ``range_size=off`` when ranges of it exist (from an earlier mount): a whole job
+        would pay for their bytes again."""
+        if self.has_ranges(entry.archive_id or ""):
+            return True
         return self.enabled() and entry.size > self.window(tier)
 
     def whole_as_ranges(self, entry: Entry, tier: str) -> bool:
         """Is a whole-archive request (restore) to be retrieved as ranges? When ranges of it
         exist already (a whole job would pay for their bytes again), when it is larger than the
         daily budget (paced, range by range across days), or too large for Expedited."""
+        if self.has_ranges(entry.archive_id or ""):
+            return True
         if not self.enabled() or entry.size <= self.options.chunk_size:
             return False
-        if any(r.ranged for r in self.of_archive(entry.archive_id or "")):
-            return True
         budget = self.options.budget
         if budget is not None and entry.size > budget:
             return True

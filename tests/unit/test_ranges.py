@@ -111,3 +111,17 @@ def test_a_range_is_verified_against_its_tree_hash_once_its_chunks_are_in():
     other = _book([wrong])
     other.cache = _Hashes(hashes)
     assert other.verify(wrong, layout) is False
+
+
+def test_ranges_recorded_earlier_are_kept_with_range_size_off():
+    """A remount with range_size=off must not pay for the recorded ranges' bytes again."""
+    from glacierfs.namespace import Entry
+    entry = Entry(inode=5, parent=2, name="a.img", kind=1, vault="v", archive_id="A",
+                  size=SIZE, mtime_ns=0, tree_hash=None, creation_ns=None, description=None)
+    off = _book(range_size=0)
+    assert not off.reads_ranged(entry, "Standard")
+    assert not off.whole_as_ranges(entry, "Standard")
+    kept = _book([_rec(0, 32 * MIB - 1)], range_size=0)
+    assert kept.reads_ranged(entry, "Standard") and kept.whole_as_ranges(entry, "Standard")
+    assert kept.plan(ArchiveLayout("A", SIZE, MIB), range(101), "Standard")[0] == \
+        (32 * MIB, 64 * MIB - 1)
