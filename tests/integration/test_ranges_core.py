@@ -11,7 +11,7 @@ import pytest
 import trio
 from test_core_against_sim import Core, _load_inventory, _until
 
-from glacierfs.retrieval import NotReady
+from glacierfs.retrieval import NotReady, RetrievalFailed
 
 from glacierfs.jobstore import JobStore
 from glacierfs.sim.testing import upload, wait_job
@@ -306,4 +306,37 @@ def test_a_ranged_job_started_elsewhere_is_adopted_for_what_it_covers(sim, glaci
     assert (4 * MIB, 8 * MIB - 1) in ranges
     assert sum(e - s + 1 for s, e in ranges) == len(data)
     assert sim.stats()["requests"]["InitiateJob"] == len(ranges) - 1
+    core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=30")
+def test_a_failed_range_fails_the_file_until_restored_again(sim, glacier, vault, tmp_path):
+    data = random.Random(23).randbytes(6 * MIB)
+    upload(glacier, vault, data, "failing.bin")
+    core = Core(sim, tmp_path, range_size=2 * MIB)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.file(vault, "failing.bin")
+        layout = core.retrieval.layout(f)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            with pytest.raises(NotReady):
+                await core.retrieval.read(f, 3 * MIB, 10, may_start=True)
+            rec = core.retrieval.ranges.covering(layout, 3)
+            await _until(lambda: rec.job_id is not None)
+            sim.fail_job(rec.job_id, "The job failed.")
+            sim.complete_jobs()
+            await _until(lambda: rec.state == "Failed")
+            for offset in (3 * MIB, 0):   # the failed range, and another: the file is failed
+                with pytest.raises(RetrievalFailed):
+                    await core.retrieval.read(f, offset, 10, may_start=True)
+            assert core.retrieval.record(f.archive_id).public_status == "Failed"
+            sim.set_delays(Standard=0.3)
+            await core.retrieval.request(f, explicit=True)   # replaces the failed range
+            await _until(lambda: core.cache.state(layout) == "cached", 30)
+            assert await core.retrieval.read(f, 0, len(data), may_start=True) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
     core.close()
