@@ -14,6 +14,7 @@ BENCHMARKS = {
     "million.py": ["--count", "50000"],
     "api_economy.py": ["--count", "200", "--rounds", "5"],
     "ranged.py": ["--size", "128M", "--repeat", "1"],
+    "copy.py": ["--size", "256M", "--files", "16"],
     "soak.py": ["--quick"],   # 10 minutes by default; --quick only checks it runs
 }
 

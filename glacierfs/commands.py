@@ -1,4 +1,4 @@
-"""``glacierfs status | restore | wait | select | demo``: commands for people and scripts.
+"""``glacierfs status | restore | wait | select | copy | demo``: commands for people and scripts.
 
 They talk to a running mount through its extended attributes only (the root's
 ``user.glacier.status`` JSON, each file's ``user.glacier.*``, and ``user.glacier.restore``),
@@ -386,6 +386,9 @@ def main(name: str, argv: list[str]) -> int:
         if name == "select":
             from glacierfs.selectcmd import cmd_select
             return cmd_select(argv)
+        if name == "copy":
+            from glacierfs.copy import cmd_copy
+            return cmd_copy(argv)
         if name == "demo":
             from glacierfs.demo import main as demo_main
             return demo_main(argv)

@@ -199,7 +199,9 @@ class Retrieval(DownloadOutcome):
                 if rec.state == SUCCEEDED and rec.job_id:
                     self._schedule_download(rec, layout)
                 return rec
-            adopted = await self._find_remote_job(entry)
+            # A job that failed is never adopted again (ListJobs answers are reused for a
+            # minute and may still show it InProgress).
+            adopted = await self._find_remote_job(entry, failed_job=rec.job_id if rec else None)
             if adopted is not None:
                 self.room.hold(archive_id)
                 return adopted
@@ -420,9 +422,10 @@ class Retrieval(DownloadOutcome):
         log.warning("retrieval of archive %s failed: %s", rec.archive_id[:16], message)
         self._signal(rec.archive_id)
 
-    async def _find_remote_job(self, entry: Entry) -> JobRecord | None:
+    async def _find_remote_job(self, entry: Entry,
+                               failed_job: str | None = None) -> JobRecord | None:
         """Adopt a usable job for this archive listed by Glacier (InProgress, or Succeeded
-        with output not yet expired)."""
+        with output not yet expired), never ``failed_job``."""
         try:
             jobs = await self._vault_jobs(entry.vault)
         except glacier.GlacierError as exc:
@@ -431,7 +434,8 @@ class Retrieval(DownloadOutcome):
             return None
         best: dict[str, Any] | None = None
         for job in jobs:
-            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id:
+            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id \
+                    or (failed_job and job.get("JobId") == failed_job):
                 continue
             rng = job.get("RetrievalByteRange")
             if rng and rng != f"0-{max(entry.size - 1, 0)}":
