@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 
 import pytest
 import trio
@@ -13,7 +14,7 @@ from test_core_against_sim import Core, _load_inventory, _until
 
 from glacierfs.retrieval import NotReady, RetrievalFailed
 
-from glacierfs.jobstore import JobStore
+from glacierfs.jobstore import JobRecord, JobStore
 from glacierfs.sim.testing import upload, wait_job
 from glacierfs.store import Store
 from glacierfs.treehash import tree_hash_hex
@@ -339,4 +340,44 @@ def test_a_failed_range_fails_the_file_until_restored_again(sim, glacier, vault,
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=0.3")
+def test_a_range_left_initiating_by_a_crash_adopts_its_job(sim, glacier, vault, tmp_path):
+    """The record of bytes 2-4 MiB was saved Initiating and the daemon died after InitiateJob
+    reached Glacier: the next start finds that job (same range) in ListJobs, pays nothing."""
+    data = random.Random(29).randbytes(8 * MIB)
+    archive_id = upload(glacier, vault, data, "crash.bin")
+    core = Core(sim, tmp_path, range_size=2 * MIB, wait=10.0)
+
+    async def load() -> None:
+        await _load_inventory(core, vault)
+
+    trio.run(load)
+    glacier.initiate_job(vaultName=vault, jobParameters={      # the one that reached Glacier
+        "Type": "archive-retrieval", "ArchiveId": archive_id,
+        "RetrievalByteRange": f"{2 * MIB}-{4 * MIB - 1}"})
+    glacier.initiate_job(vaultName=vault, jobParameters={      # someone else's, other bytes
+        "Type": "archive-retrieval", "ArchiveId": archive_id,
+        "RetrievalByteRange": f"{4 * MIB}-{8 * MIB - 1}"})
+    rec = JobRecord(archive_id=archive_id, vault=vault, state="Initiating", tier="Standard",
+                    size=2 * MIB, tree_hash=None, requested_at=time.time(),
+                    initiated_at=time.time(), range_start=2 * MIB, range_end=4 * MIB - 1)
+    assert JobStore(core.store).save(rec)
+    core.close()
+    core = Core(sim, tmp_path, range_size=2 * MIB, wait=10.0)   # the restart
+
+    async def main() -> None:
+        f = core.file(vault, "crash.bin")
+        sim.reset_stats()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            assert await core.retrieval.read(f, 3 * MIB, 10, may_start=True) == \
+                data[3 * MIB:3 * MIB + 10]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert "InitiateJob" not in sim.stats()["requests"]
+    _assert_disjoint(_ranges(_archive_jobs(glacier, vault), len(data)))
     core.close()
