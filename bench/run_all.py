@@ -13,6 +13,7 @@ BENCHMARKS = {
     "download.py": ["--size", "128M", "--throttled-size", "64M", "--repeat", "1"],
     "million.py": ["--count", "50000"],
     "api_economy.py": ["--count", "200", "--rounds", "5"],
+    "ranged.py": ["--size", "128M", "--repeat", "1"],
     "copy.py": ["--size", "256M", "--files", "16"],
     "soak.py": ["--quick"],   # 10 minutes by default; --quick only checks it runs
 }

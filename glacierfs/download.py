@@ -118,7 +118,7 @@ class Downloader:
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
-                priority: int = BACKGROUND) -> None:
+                priority: int = BACKGROUND, output_start: int = 0) -> None:
         self._cancelled.discard(layout.archive_id)
         self._poisoned.discard(layout.archive_id)
         for index in indexes:
@@ -130,7 +130,7 @@ class Downloader:
                 continue
             self._queued[key] = priority
             heapq.heappush(self._heap, (priority, next(self._seq),
-                                        ChunkTask(vault, job_id, layout, index)))
+                                        ChunkTask(vault, job_id, layout, index, output_start)))
         self._wake.set()
 
     def cancel_archive(self, archive_id: str) -> None:
@@ -480,7 +480,8 @@ class Downloader:
     async def _requeue_after(self, task: ChunkTask) -> None:
         await self._sleep(ROUND_PAUSE)
         if task.layout.archive_id not in self._cancelled:
-            self.enqueue(task.vault, task.job_id, task.layout, [task.index])
+            self.enqueue(task.vault, task.job_id, task.layout, [task.index],
+                         output_start=task.output_start)
 
     async def _check_whole(self, layout: ArchiveLayout) -> None:
         """All chunks are in: their folded root must be the archive's tree hash."""

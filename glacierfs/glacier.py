@@ -250,9 +250,11 @@ class GlacierClient:
         raise AssertionError("unreachable")
 
     def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
-                                   description: str) -> str:
+                                   description: str, byte_range: str | None = None) -> str:
         params = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier,
                   "Description": description[:1024]}
+        if byte_range:
+            params["RetrievalByteRange"] = byte_range
         return self._initiate_job(vault, params)
 
     def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
@@ -422,9 +424,9 @@ class AsyncGlacier:
         return await self.run(self.client.describe_vault, vault)
 
     async def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
-                                         description: str) -> str:
+                                         description: str, byte_range: str | None = None) -> str:
         return await self.run(self.client.initiate_archive_retrieval, vault, archive_id, tier,
-                              description)
+                              description, byte_range)
 
     async def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
         return await self.run(self.client.initiate_inventory_retrieval, vault, fmt)
