@@ -139,12 +139,21 @@ class Retrieval(DownloadOutcome):
             entry = self.entries.file_by_archive(archive_id)
             summary = self.ranges.summary(entry, self.layout(entry)) if entry else None
             return self.ranges.representative(archive_id, summary)
-        if rec is None and archive_id in self._requesting:
-            pending = self._requesting[archive_id]
+        pending = None if rec is not None else self._pending_for(archive_id)
+        if pending is not None:
             return JobRecord(archive_id=archive_id, vault=pending.vault, state=QUEUED,
                              tier=pending.tier, size=0, tree_hash=None, requested_at=time.time(),
                              status_message="requested; waiting for Glacier to answer")
         return rec
+
+    def _pending_for(self, archive_id: str) -> _PendingRequest | None:
+        """A request for the archive, or for chunks of it (keyed ``ID#CHUNK``), still waiting."""
+        pending = self._requesting.get(archive_id)
+        if pending is None:
+            prefix = archive_id + "#"
+            pending = next((p for k, p in self._requesting.items() if k.startswith(prefix)),
+                           None)
+        return pending
 
     def layout(self, entry: Entry) -> ArchiveLayout:
         """The archive's chunk grid; remembered, since every read needs it."""
