@@ -278,6 +278,11 @@ def cmd_wait(argv: list[str]) -> int:
     p.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     files = list(iter_files(args.paths, args.recursive))
+    outside = [f for f in files if file_state(f) is None]
+    for path in outside:
+        print(f"glacierfs wait: {path}: not a file on a glacierfs mount", file=sys.stderr)
+    if outside:   # never "100% 0/0 files" and exit 0 for files nothing will ever fetch
+        return EXIT_FAILED
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     tty = sys.stderr.isatty()
     stuck_since: float | None = None
@@ -325,6 +330,8 @@ def cmd_wait(argv: list[str]) -> int:
                   "held by restored files not yet read: read or copy the cached ones "
                   "(glacierfs copy does both), or raise cache_size", file=sys.stderr)
         return EXIT_STUCK
+    print(f"glacierfs wait: {len(states) - ready} of {len(states)} files not cached after "
+          f"{args.timeout:g} s; their retrievals go on (run wait again)", file=sys.stderr)
     return EXIT_TIMEOUT
 
 

@@ -106,3 +106,27 @@ def test_wait_without_restore_fails(mnt):
     assert "glacierfs restore" in proc.stderr
     proc = glacierfs("restore", mnt / VAULT / "album")
     assert proc.returncode != 0 and "-r" in proc.stderr
+
+
+def test_wait_on_files_outside_a_mount_fails(mnt, tmp_path):
+    """Nothing will ever fetch a file that is not on a glacierfs mount: wait must not report
+    "100% 0/0 files" and exit 0 for it."""
+    local = tmp_path / "local.txt"
+    local.write_text("not in Glacier\n")
+    proc = glacierfs("wait", local, "--timeout", "5")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert f"{local}: not a file on a glacierfs mount" in proc.stderr
+    proc = glacierfs("wait", "-r", tmp_path, mnt / VAULT / "other.txt", "--timeout", "5")
+    assert proc.returncode == 1 and "not a file on a glacierfs mount" in proc.stderr
+
+
+def test_wait_says_why_it_stopped_on_timeout(emulator, mnt):
+    target = mnt / VAULT / "other.txt"
+    emulator.set_delays(Standard=60)
+    try:
+        ok(sys.executable, "-m", "glacierfs.cli", "restore", target)
+        proc = glacierfs("wait", target, "--timeout", "1")
+    finally:
+        emulator.set_delays(Standard=3)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "1 of 1 files not cached after 1 s" in proc.stderr
