@@ -78,6 +78,8 @@ def _job(path: Path, key: str) -> dict | None:
 def cmd_select(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     path = Path(args.path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such file")
     if path.is_dir():
         raise CommandError(f"{path} is a directory; select works on one archive")
     archive_id = _xattr(path, "user.glacier.archive_id")
@@ -163,7 +165,9 @@ def _write_rows(job: dict, doc: dict) -> int:
         parts = _reader(job, doc).results(path)
         if parts is None:
             raise CommandError(f"the job succeeded but s3://{job['bucket']}/{path}"
-                               "result_manifest.txt is missing (deleted?)")
+                               "result_manifest.txt is missing (deleted, or that S3 lost it); "
+                               "the same --output reuses this job, so to run the query again "
+                               "(a new job, paid again) give another --output prefix")
         out = sys.stdout.buffer
         for data in parts:
             out.write(data)
