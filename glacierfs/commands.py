@@ -86,6 +86,11 @@ def cmd_status(argv: list[str]) -> int:
     for mnt in mounts:
         raw = _xattr(mnt, STATUS_XATTR)
         if raw is None:
+            inside = [m for m in glacierfs_mounts() if _is_under(mnt, m)]
+            if inside:   # a directory in a mount: status belongs to the mount point
+                mnt = max(inside, key=lambda m: len(str(m)))
+                raw = _xattr(mnt, STATUS_XATTR)
+        if raw is None:
             raise CommandError(f"{mnt} is not a live glacierfs mount")
         docs[str(mnt)] = json.loads(raw)
     if args.json:

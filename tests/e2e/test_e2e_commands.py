@@ -130,3 +130,11 @@ def test_wait_says_why_it_stopped_on_timeout(emulator, mnt):
         emulator.set_delays(Standard=3)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
     assert "1 of 1 files not cached after 1 s" in proc.stderr
+
+
+def test_status_of_a_directory_in_the_mount_shows_the_mount(mnt, tmp_path):
+    proc = glacierfs("status", mnt / VAULT / "album")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith(f"glacierfs on {mnt.path}\n")
+    proc = glacierfs("status", tmp_path)
+    assert proc.returncode == 1 and "is not a live glacierfs mount" in proc.stderr
