@@ -286,10 +286,18 @@ def wait_for_inventories(mountpoint: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="glacierfs demo", description=__doc__)
-    p.add_argument("--mountpoint", default=DEFAULT_MOUNT)
-    p.add_argument("--data-dir", default=DEFAULT_DATA)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p = argparse.ArgumentParser(
+        prog="glacierfs demo",
+        description="Start the Glacier emulator with sample vaults (and a local S3 for select "
+                    "results), mount it and print what to try. Running it again reuses what "
+                    "is there.",
+        epilog=f"stop it: umount MOUNTPOINT; kill $(cat DATA_DIR/{PID_FILE})")
+    p.add_argument("--mountpoint", default=DEFAULT_MOUNT, help=f"default: {DEFAULT_MOUNT}")
+    p.add_argument("--data-dir", default=DEFAULT_DATA,
+                   help=f"the emulator's state, log and pid file, and the cache (default: "
+                        f"{DEFAULT_DATA})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"the emulator's port (default: {DEFAULT_PORT})")
     p.add_argument("--s3-port", type=int, default=None,
                    help="port of the local S3 for select results (default: --port + 1)")
     args = p.parse_args(argv)
