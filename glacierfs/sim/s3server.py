@@ -37,7 +37,7 @@ def _check_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise OSError(exc.errno, f"port {port} is in use ({exc.strerror})") from None
+            raise OSError(f"port {port} is in use ({exc.strerror})") from None
 
 
 def start(host: str = "127.0.0.1", port: int = 0, buckets: tuple[str, ...] = ()) -> LocalS3:

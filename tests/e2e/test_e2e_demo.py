@@ -182,3 +182,20 @@ def test_the_demo_as_the_readme_tells_it(demo_paths):
     assert proc.returncode == 0, proc.stderr
     wait_for(lambda: not processes_naming(mnt, data), 30, "the demo's processes to exit")
     assert not os.path.ismount(mnt)
+
+
+def test_a_busy_s3_port_fails_at_once_and_leaves_nothing_running(demo_paths):
+    mnt, data, port = demo_paths
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port + 1))
+        busy.listen()
+        start = time.monotonic()
+        proc = run(*GLACIERFS, "demo", "--mountpoint", mnt, "--data-dir", data, "--port",
+                   str(port), timeout=120)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert time.monotonic() - start < 20
+    assert "the emulator did not start" in proc.stderr
+    assert f"port {port + 1} is in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not processes_naming(data) and not os.path.ismount(mnt)
+    assert not (data / demo.PID_FILE).exists()
