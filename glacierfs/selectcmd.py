@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", choices=TIERS, help="default: the mount's tier")
     p.add_argument("--header", choices=HEADER_MODES, default="none",
                    help="the first line: use (column names), ignore, none (a record; default)")
-    p.add_argument("--delimiter", default=",", help="field delimiter (default ,; \\t for tab)")
+    p.add_argument("--delimiter", default=",", help="field delimiter: one printable ASCII character (default ,; Glacier takes no tab)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, then write the rows (CSV) to stdout")
     p.add_argument("--timeout", type=float, default=None,

@@ -65,10 +65,14 @@ class SelectRequest:
         if header_s not in HEADER_MODES:
             raise SpecError(f"header {header}: expected use, ignore or none")
         delim = str(delimiter)
-        if delim == "\\t":
-            delim = "\t"
+        if delim in ("\\t", "\t"):
+            raise SpecError("delimiter tab: Glacier Select takes no tab (only a printable ASCII "
+                            "character, a newline or a carriage return)")
         if len(delim) != 1:
             raise SpecError(f"delimiter {delimiter!r}: one character expected")
+        if delim not in ("\n", "\r") and not 32 <= ord(delim) <= 126:
+            raise SpecError(f"delimiter {delimiter!r}: Glacier Select takes only a printable "
+                            "ASCII character, a newline or a carriage return")
         return cls(query=query.strip(), bucket=bucket, prefix=prefix, tier=tier_s,
                    header=header_s, delimiter=delim)
 
