@@ -64,6 +64,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def seconds(text: str) -> float:
+    """An argparse type for --timeout: a number of seconds, not negative (nor nan/inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more seconds")
+    return value
+
+
 def _bar(done: int, total: int, width: int = 24) -> str:
     frac = 1.0 if total <= 0 else min(done / total, 1.0)
     filled = int(frac * width)
@@ -279,7 +290,7 @@ def cmd_wait(argv: list[str]) -> int:
                                             "waits for cache room only a reader can free.")
     p.add_argument("paths", nargs="+")
     p.add_argument("-r", "--recursive", action="store_true")
-    p.add_argument("--timeout", type=float, default=None, help="seconds (default: no limit)")
+    p.add_argument("--timeout", type=seconds, default=None, help="seconds (default: no limit)")
     p.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     files = list(iter_files(args.paths, args.recursive))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from glacierfs.commands import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, CommandError, _xattr
-from glacierfs.commands import STATUS_XATTR, glacierfs_mounts
+from glacierfs.commands import STATUS_XATTR, glacierfs_mounts, seconds
 from glacierfs.selectspec import (HEADER_MODES, SELECT_JOBS_XATTR, SELECT_XATTR, TIERS,
                                   SelectRequest, SpecError, parse_s3_url)
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delimiter", default=",", help="field delimiter: one printable ASCII character (default ,; Glacier takes no tab)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, then write the rows (CSV) to stdout")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=seconds, default=None,
                    help="seconds --wait waits at most (default: no limit)")
     return p
 
