@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,12 @@ class SelectRequest:
         return job_key(vault, archive_id, self.select_parameters(), self.output_location())
 
 
+# What S3 clients accept as a bucket name (botocore's check; legacy us-east-1 buckets may have
+# capitals and '_', so no stricter): anything else never reaches S3, and Glacier would only
+# find out when the job writes its output.
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://BUCKET/PREFIX`` → (bucket, prefix without a trailing slash)."""
     if not url.startswith("s3://"):
@@ -104,6 +111,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, prefix = url[5:].partition("/")
     if not bucket:
         raise SpecError(f"--output {url}: no bucket name")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise SpecError(f"--output {url}: {bucket!r} is not an S3 bucket name (letters, "
+                        "digits, '.', '-', '_')")
     prefix = prefix.rstrip("/")
     if not prefix:
         raise SpecError(f"--output {url}: a prefix is needed (s3://{bucket}/PREFIX)")

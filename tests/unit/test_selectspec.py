@@ -67,3 +67,10 @@ def test_delimiters_glacier_refuses_are_refused_before_any_job(delimiter):
     with pytest.raises(SpecError, match="Glacier Select takes"):
         request(delimiter=delimiter)
     assert request(delimiter=" ").delimiter == " " and request(delimiter="~").delimiter == "~"
+
+
+@pytest.mark.parametrize("url", ["s3://Bad_Bucket!/x", "s3://a b/x", "s3://bücket/x"])
+def test_an_impossible_bucket_name_is_refused_before_any_job(url):
+    with pytest.raises(SpecError, match="is not an S3 bucket name"):
+        parse_s3_url(url)
+    assert parse_s3_url("s3://Legacy_Bucket.1/x") == ("Legacy_Bucket.1", "x")
