@@ -381,6 +381,10 @@ SYNC_ERRORS = [
      "InvalidParameterValueException"),
     ("no such bucket", {"OutputLocation": {"S3": {"BucketName": "nobucket", "Prefix": "x"}}},
      "InvalidParameterValueException"),
+    # Not a 503 to retry for ever: a name no S3 can have is the caller's mistake.
+    ("impossible bucket name", {"OutputLocation": {"S3": {"BucketName": "Bad_Bucket!",
+                                                          "Prefix": "x"}}},
+     "InvalidParameterValueException"),
     ("ranged", {"RetrievalByteRange": "0-1048575"}, "InvalidParameterValueException"),
     ("tier", {"Tier": "Fast"}, "InvalidParameterValueException"),
     ("no archive id", {"ArchiveId": None}, "MissingParameterValueException"),
