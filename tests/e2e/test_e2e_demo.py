@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +124,7 @@ def demo_paths(tmp_path):
             os.kill(int((data / demo.PID_FILE).read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+        shutil.rmtree(data, ignore_errors=True)   # ~400 MB of sample archives and cache
 
 
 def test_the_demo_as_the_readme_tells_it(demo_paths):
