@@ -8,6 +8,7 @@ so they work for any user who can see the mount and with any mount option, ``ro`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -94,22 +95,38 @@ def cmd_status(argv: list[str]) -> int:
     if not mounts:
         raise CommandError("no glacierfs mount found (give the mount point)")
     docs = {}
+    dead = []
     for mnt in mounts:
         raw = _xattr(mnt, STATUS_XATTR)
-        if raw is None:
+        if raw is None and args.mountpoint:
             inside = [m for m in glacierfs_mounts() if _is_under(mnt, m)]
             if inside:   # a directory in a mount: status belongs to the mount point
                 mnt = max(inside, key=lambda m: len(str(m)))
                 raw = _xattr(mnt, STATUS_XATTR)
         if raw is None:
-            raise CommandError(f"{mnt} is not a live glacierfs mount")
+            dead.append(mnt)
+            continue
         docs[str(mnt)] = json.loads(raw)
+    for mnt in dead:   # one dead mount must not hide the live ones
+        print(f"glacierfs status: {_not_live(mnt)}", file=sys.stderr)
+    if not docs:
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(docs if len(docs) > 1 else next(iter(docs.values())), indent=2))
-        return EXIT_OK
+        return EXIT_FAILED if dead else EXIT_OK
     for mnt, doc in docs.items():
         print(render_status(mnt, doc))
-    return EXIT_OK
+    return EXIT_FAILED if dead else EXIT_OK
+
+
+def _not_live(mnt: Path) -> str:
+    try:
+        os.statvfs(mnt)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return (f"{mnt}: Transport endpoint is not connected (its glacierfs process "
+                    f"died: fusermount3 -u {mnt}, then mount again)")
+    return f"{mnt} is not a live glacierfs mount"
 
 
 def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 
 import pytest
 from e2e_util import (getfattr_all, initiated, listing, ok, run, start_emulator, text,
                       wait_listed)
+from mount_support import wait_for
 
 from glacierfs.demo import fastglacier, mt2
 
@@ -138,3 +140,16 @@ def test_status_of_a_directory_in_the_mount_shows_the_mount(mnt, tmp_path):
     assert proc.stdout.decode().startswith(f"glacierfs on {mnt.path}\n")
     proc = glacierfs("status", tmp_path)
     assert proc.returncode == 1 and "is not a live glacierfs mount" in proc.stderr
+
+
+def test_a_dead_mount_does_not_hide_the_live_ones(emulator, mnt, mounts):
+    dead = mounts(emulator.url, "dead")
+    os.kill(dead.pid, signal.SIGKILL)
+    wait_for(lambda: run("stat", "-f", dead.path).returncode != 0, 10, "the mount to die")
+    proc = glacierfs("status")
+    assert proc.returncode == 1
+    assert f"glacierfs on {mnt.path}\n" in proc.stdout.decode()   # the live one is shown
+    assert f"{dead.path}: Transport endpoint is not connected" in proc.stderr
+    assert f"fusermount3 -u {dead.path}" in proc.stderr and "Traceback" not in proc.stderr
+    proc = glacierfs("status", dead.path)
+    assert proc.returncode == 1 and "fusermount3 -u" in proc.stderr
