@@ -10,9 +10,11 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "treehash.py": ["--size", "128M"],
     "read_cached.py": ["--size", "128M", "--random-reads", "1000"],
-    "download.py": ["--size", "128M"],
+    "download.py": ["--size", "128M", "--throttled-size", "64M", "--repeat", "1"],
     "million.py": ["--count", "50000"],
     "api_economy.py": ["--count", "200", "--rounds", "5"],
+    "ranged.py": ["--size", "128M", "--repeat", "1"],
+    "copy.py": ["--size", "256M", "--files", "16"],
     "soak.py": ["--quick"],   # 10 minutes by default; --quick only checks it runs
 }
 

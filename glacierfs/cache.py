@@ -42,6 +42,7 @@ calls together still respect the size limit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -85,6 +86,9 @@ DB_NAME = diskcache.core.DBNAME
 # Eviction candidates are read in this many rows at a time, oldest first, skipping those the
 # cache-room policy keeps.
 EVICTION_BATCH = 64
+# Key suffix of a chunk held unverified (an endpoint that sends no tree hash per range): stored,
+# never readable, until the whole archive's root checks out and the rows are renamed.
+HELD_MARK = "h"
 
 
 class CacheError(Exception):
@@ -172,7 +176,12 @@ def _slot(key: str) -> tuple[str, int, int]:
     length, rest = key.split(":", 1)
     archive_id = rest[:int(length)]
     chunk_size, index = rest[int(length) + 1:].split("/")
-    return archive_id, int(chunk_size), int(index)
+    # A held chunk ("h<index>") is never open for reading: a slot no handle has.
+    return archive_id, int(chunk_size), int(index) if index.isdigit() else -1
+
+
+def _held_key(layout: ArchiveLayout, index: int) -> str:
+    return f"{_grid_prefix(layout)}{HELD_MARK}{index}"
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -202,7 +211,9 @@ class _ChunkDisk(diskcache.Disk):
         return path
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if type(value) is not bytes:
+        if type(value) is _Prewritten:
+            return value.size, diskcache.core.MODE_BINARY, value.filename, None
+        if type(value) not in (bytes, bytearray, memoryview):
             return super().store(value, read, key=key)
         filename, full_path = self.filename(key, value)
         fd = self._create(filename, full_path)
@@ -212,7 +223,7 @@ class _ChunkDisk(diskcache.Disk):
             while view:
                 view = view[os.write(fd, view):]
             if FSYNC_CHUNKS:
-                os.fsync(fd)
+                os.fdatasync(fd)
         except BaseException:
             os.close(fd)
             with suppress(OSError):
@@ -221,6 +232,11 @@ class _ChunkDisk(diskcache.Disk):
             raise
         os.close(fd)
         return len(value), diskcache.core.MODE_BINARY, filename, None
+
+    def create(self) -> tuple[str, str, int]:
+        """A new value file (relative name, full path, descriptor open for writing)."""
+        filename, full_path = self.filename()
+        return filename, full_path, self._create(filename, full_path)
 
     def _create(self, filename: str, full_path: str) -> int:
         """Create the value file 0600 in 0700 subdirectories.
@@ -241,6 +257,134 @@ class _ChunkDisk(diskcache.Disk):
                 if attempt == CREATE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Prewritten:
+    """A value file already written and made durable: ``store`` just records it."""
+
+    filename: str
+    full_path: str
+    size: int
+
+
+class ChunkWriter:
+    """Stores one chunk as it arrives (see ``ChunkCache.chunk_writer``).
+
+    The caller (one thread) fills the buffer front to back and calls ``filled(n)`` with the
+    number of bytes in so far; every complete 1 MiB leaf is then hashed and ``pwrite``-n on the
+    hashing pool (hashlib and pwrite release the GIL, so this runs beside the next socket
+    read). ``commit(expected)`` waits for them, checks the tree hash, makes the file durable
+    (fdatasync) and only then commits its index row. ``abort`` removes everything.
+    """
+
+    def __init__(self, cache: ChunkCache, layout: ArchiveLayout, index: int,
+                 buffer: memoryview) -> None:
+        self.cache = cache
+        self.layout = layout
+        self.index = index
+        self.length = layout.chunk_length(index)
+        if len(buffer) < self.length:
+            raise ValueError(f"buffer of {len(buffer)} bytes for a {self.length}-byte chunk")
+        self._view = buffer[:self.length]
+        self._leaves: list[Any] = []  # futures of leaf digests, in order
+        self._submitted = 0          # bytes handed to the pool
+        self._fd: int | None = None
+        self._reserved = 0
+        self._path = ""
+        try:
+            cache._reserve(self.length)
+            self._reserved = self.length
+            self._filename, self._path, self._fd = cache._disk.create()
+        except BaseException as exc:
+            self._release()
+            if is_disk_full(exc):
+                raise CacheFullError(f"no room for archive {layout.archive_id} chunk "
+                                     f"{index}: {exc}") from exc
+            raise
+
+    def _leaf_job(self, start: int, end: int) -> bytes:
+        piece = self._view[start:end]
+        digest = hashlib.sha256(piece).digest()
+        fd = self._fd
+        assert fd is not None
+        while piece:
+            written = os.pwrite(fd, piece, start)
+            start += written
+            piece = piece[written:]
+        return digest
+
+    def filled(self, upto: int) -> None:
+        """Bytes ``0..upto`` of the chunk are in the buffer."""
+        pool = treehash.executor()
+        while self._submitted + MIB <= upto or (upto == self.length
+                                                 and self._submitted < upto):
+            end = min(self._submitted + MIB, self.length)
+            self._leaves.append(pool.submit(self._leaf_job, self._submitted, end))
+            self._submitted = end
+
+    def _digests(self) -> list[bytes]:
+        digests = []
+        error: BaseException | None = None
+        for future in self._leaves:
+            try:
+                digests.append(future.result())
+            except BaseException as exc:  # wait for every job before raising the first error
+                error = error or exc
+        if error is not None:
+            raise error
+        return digests or [treehash.EMPTY_TREE_HASH]
+
+    def commit(self, expected: bytes | None, hold: bool = False) -> bytes:
+        """Store the chunk if its tree hash is ``expected``; with ``hold`` (an endpoint that
+        sent no hash) store it unreadable, to be checked with the whole archive by
+        ``ChunkCache.promote_held``. Returns the tree hash. Raises ChunkVerificationError or
+        CacheFullError, after which nothing of the chunk remains."""
+        try:
+            self.filled(self.length)
+            actual = treehash.fold(self._digests())
+            if not hold and (expected is None or actual != bytes(expected)):
+                raise ChunkVerificationError(
+                    f"archive {self.layout.archive_id} chunk {self.index}: tree hash "
+                    f"{actual.hex()} != expected {bytes(expected or b'').hex()}")
+            assert self._fd is not None
+            if FSYNC_CHUNKS:
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            key = (_held_key if hold else _chunk_key)(self.layout, self.index)
+            path, self._path = self._path, ""  # from here the commit owns the file
+            self.cache._commit_prewritten(
+                key, _Prewritten(self._filename, path, self.length), actual)
+        except BaseException as exc:
+            self.abort()
+            if is_disk_full(exc) and not isinstance(exc, CacheFullError):
+                raise CacheFullError(f"no room to cache archive {self.layout.archive_id} "
+                                     f"chunk {self.index}: {exc}") from exc
+            raise
+        finally:
+            self._release()
+        return actual
+
+    def abort(self) -> None:
+        for future in self._leaves:
+            with suppress(BaseException):
+                future.result()
+        self._leaves = []
+        if self._fd is not None:
+            with suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._path:
+            with suppress(OSError):
+                os.unlink(self._path)
+            self._path = ""
+        self._release()
+
+    def _release(self) -> None:
+        if self._reserved:
+            self.cache._unreserve(self._reserved)
+            self._reserved = 0
 
 
 class _Handle:
@@ -386,7 +530,6 @@ class ChunkCache:
         if self.chunk_tree_hash(layout, index) == actual:
             return
         key = _chunk_key(layout, index)
-        data = bytes(data)
         self._disk.take_written()  # nothing of an earlier put may be taken for ours below
         try:
             with self._reservation(len(data)):  # evicting needs SQLite writes: may hit ENOSPC too
@@ -406,6 +549,99 @@ class ChunkCache:
         except LOCAL_ERRORS as exc:
             log.warning("could not trim the cache after storing a chunk: %s", exc)
         log.debug("cached archive %s chunk %d (%d bytes)", layout.archive_id, index, len(data))
+
+    def chunk_writer(self, layout: ArchiveLayout, index: int, buffer: memoryview) -> ChunkWriter:
+        """A writer that stores chunk ``index`` as its bytes arrive in ``buffer`` (at least the
+        chunk's length): leaves are hashed and written on the hashing pool as the caller marks
+        them filled, so network, hashing and disk overlap and each byte is touched once after
+        it lands. ``commit`` checks the tree hash; nothing is readable before. Room for the
+        chunk is made now (CacheFullError if there is none)."""
+        return ChunkWriter(self, layout, index, buffer)
+
+    def _commit_prewritten(self, key: str, written: _Prewritten, tag: bytes) -> None:
+        """Commit a value file already written and made durable under ``key``; if that
+        fails the file is removed (unless the row did commit after all)."""
+        self._disk.take_written()
+        self._disk._written.path = written.full_path
+        try:
+            self._cache.set(key, written, tag=tag, retry=True)
+        except BaseException as exc:
+            self._undo_failed_set()
+            if is_disk_full(exc):
+                raise CacheFullError(f"no room to index {key}: {exc}") from exc
+            raise
+        self._disk.take_written()
+        self._forget_handle(key)
+        try:
+            with self._room_lock:
+                self._make_room_locked(0, keep=key)
+        except LOCAL_ERRORS as exc:
+            log.warning("could not trim the cache after storing a chunk: %s", exc)
+
+    def _reserve(self, size: int) -> None:
+        with self._room_lock:
+            if size > self._size_limit:
+                raise CacheFullError(
+                    f"a {size}-byte chunk cannot fit a {self._size_limit}-byte cache"
+                )
+            self._make_room_locked(size)
+            self._reserved += size
+
+    def _unreserve(self, size: int) -> None:
+        with self._room_lock:
+            self._reserved -= size
+
+    # --- chunks held unverified ----------------------------------------------------------------
+
+    def has_held_chunk(self, layout: ArchiveLayout, index: int) -> bool:
+        return bool(self._query(
+            "SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (_held_key(layout, index),)
+        ))
+
+    def held_tree_hashes(self, layout: ArchiveLayout) -> dict[int, bytes]:
+        """Chunks stored but held unverified: index → the tree hash computed from their bytes."""
+        prefix = _grid_prefix(layout) + HELD_MARK
+        low, high = prefix, prefix[:-1] + chr(ord(HELD_MARK) + 1)
+        found: dict[int, bytes] = {}
+        for key, tag in self._query(
+                "SELECT key, tag FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (low, high)):
+            suffix = key[len(prefix):]
+            if suffix.isdigit() and int(suffix) < layout.chunk_count:
+                found[int(suffix)] = bytes(tag)
+        return found
+
+    def promote_held(self, layout: ArchiveLayout, expected_root: bytes) -> None:
+        """Make held chunks readable if, with the verified ones, they cover the archive and
+        their folded root is ``expected_root`` (the archive's tree hash from the inventory).
+
+        Raises NotCached (nothing changed) if a chunk is neither held nor verified, and
+        ChunkVerificationError if the root differs; then every held chunk is dropped.
+        """
+        held = self.held_tree_hashes(layout)
+        present = self._present(layout)
+        hashes = {**held, **present}
+        missing = [i for i in range(layout.chunk_count) if i not in hashes]
+        if missing:
+            raise NotCached(missing, layout.archive_id)
+        root = treehash.fold([hashes[i] for i in range(layout.chunk_count)])
+        if root != bytes(expected_root):
+            for index in held:
+                self._cache.delete(_held_key(layout, index), retry=True)
+            raise ChunkVerificationError(
+                f"archive {layout.archive_id}: tree hash {root.hex()} of the downloaded bytes "
+                f"!= the inventory's {bytes(expected_root).hex()}")
+        with self._cache.transact(retry=True):  # all readable at once, or none
+            con = self._cache._con
+            for index in held:
+                if index not in present:
+                    con.execute("UPDATE Cache SET key = ? WHERE key = ? AND raw = 1",
+                                (_chunk_key(layout, index), _held_key(layout, index)))
+        for index in held:
+            if index in present:  # verified meanwhile: the held copy is redundant
+                self._cache.delete(_held_key(layout, index), retry=True)
+            self._forget_handle(_chunk_key(layout, index))
+        log.debug("archive %s: %d held chunk(s) verified as a whole", layout.archive_id,
+                  len(held))
 
     def _undo_failed_set(self) -> None:
         """After a failed set: end any transaction SQLite left open, remove the orphan file.

@@ -1,5 +1,5 @@
 """Command line entry point: ``glacierfs SOURCE MOUNTPOINT [-o OPTS] [-f]`` mounts, and
-sub-commands (``sim``, ``status``, ``restore``, ``wait``, ``select``) do the rest.
+sub-commands (``sim``, ``status``, ``restore``, ``wait``, ``select``, ``copy``) do the rest.
 
 The mount form is what ``mount.fuse3`` runs, so it must look like any mount helper: positional
 SOURCE and MOUNTPOINT, options after ``-o``. Sub-command names cannot clash with a SOURCE, which
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = ("sim", "status", "restore", "wait", "select", "demo")
+SUBCOMMANDS = ("sim", "status", "restore", "wait", "select", "copy", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:

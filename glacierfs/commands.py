@@ -1,4 +1,4 @@
-"""``glacierfs status | restore | wait | select | demo``: commands for people and scripts.
+"""``glacierfs status | restore | wait | select | copy | demo``: commands for people and scripts.
 
 They talk to a running mount through its extended attributes only (the root's
 ``user.glacier.status`` JSON, each file's ``user.glacier.*``, and ``user.glacier.restore``),
@@ -150,6 +150,8 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
         if job["status"] == "Succeeded" or job.get("cached_bytes"):
             line += f"\n             {_bar(job.get('cached_bytes', 0), job.get('size', 0))} " \
                     f"{human(job.get('cached_bytes', 0))} of {human(job.get('size', 0))}"
+        if job.get("ranges"):
+            line += f"\n             {ranges_line(job['ranges'])}"
         if job.get("message"):
             line += f"\n             {job['message']}"
         lines.append(line)
@@ -189,6 +191,21 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def ranges_line(r: dict) -> str:  # type: ignore[type-arg]
+    """The human line for an archive retrieved in ranges (``user.glacier.ranges``)."""
+    parts = [f"{r[k]} {label}" for k, label in (
+        ("queued", "queued"), ("in_progress", "in progress"), ("succeeded", "downloading"),
+        ("cached", "cached"), ("failed", "failed")) if r.get(k)]
+    line = f"ranges of {human(r.get('range_size', 0))}: {r.get('requested', 0)} of " \
+           f"{r.get('windows', 0)} requested" + (f" ({', '.join(parts)})" if parts else "")
+    if r.get("waiting_for_budget"):
+        line += (f"; {r['waiting_for_budget']} wait for the daily budget (retrieved range by "
+                 "range across days)")
+    if r.get("waiting_for"):
+        line += f"; the reader waits for {r['waiting_for']}"
+    return line
+
+
 # --- restore and wait ---------------------------------------------------------------------
 
 @dataclass
@@ -200,6 +217,7 @@ class FileState:
     job_status: str | None
     message: str | None
     pinned: str | None = None   # "wanted"/"held": kept in the cache until read
+    partly_requested: bool = False   # some ranges requested, not the whole archive
 
     @property
     def waits_for_room(self) -> bool:
@@ -215,11 +233,16 @@ def file_state(path: Path) -> FileState | None:
     size = _xattr(path, "user.glacier.size")
     if size is None:
         return None
+    ranges = _xattr(path, "user.glacier.ranges")
+    partly = False
+    if ranges:
+        info = json.loads(ranges)
+        partly = not info.get("whole_requested") and not info.get("failed")
     return FileState(path, int(size), _xattr(path, "user.glacier.cache") or "absent",
                      int(_xattr(path, "user.glacier.cache.bytes") or 0),
                      _xattr(path, "user.glacier.job.status"),
                      _xattr(path, "user.glacier.job.status_message"),
-                     _xattr(path, "user.glacier.cache.pinned"))
+                     _xattr(path, "user.glacier.cache.pinned"), partly)
 
 
 def iter_files(paths: list[str], recursive: bool) -> Iterator[Path]:
@@ -260,7 +283,7 @@ def cmd_restore(argv: list[str]) -> int:
             cached += 1
             continue
         under_way = st.job_status in ("InProgress", "Queued", "Succeeded")
-        if under_way and st.pinned:
+        if under_way and st.pinned and not st.partly_requested:
             running += 1
             continue
         tier = args.tier or _mount_tier(path, tiers) or "Standard"
@@ -271,7 +294,7 @@ def cmd_restore(argv: list[str]) -> int:
             failed += 1
             continue
         asked.append(path)
-        if under_way:   # started by a read: now kept until read, like any restore
+        if under_way and not st.partly_requested:   # started by a read: now kept until read
             running += 1
             continue
         requested += 1
@@ -325,7 +348,8 @@ def cmd_wait(argv: list[str]) -> int:
         done = sum(s.cached_bytes if s.cache != "cached" else s.size for s in states)
         ready = sum(1 for s in states if s.cache == "cached")
         failed = [s for s in states if s.job_status == "Failed" and s.cache != "cached"]
-        not_requested = [s for s in states if s.cache != "cached" and s.job_status is None]
+        not_requested = [s for s in states if s.cache != "cached" and (
+            s.job_status is None or s.partly_requested and s.job_status == "Succeeded")]
         line = f"{_bar(done, total)} {ready}/{len(states)} files, {human(done)} of {human(total)}"
         if tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
@@ -402,6 +426,9 @@ def main(name: str, argv: list[str]) -> int:
         if name == "select":
             from glacierfs.selectcmd import cmd_select
             return cmd_select(argv)
+        if name == "copy":
+            from glacierfs.copy import cmd_copy
+            return cmd_copy(argv)
         if name == "demo":
             from glacierfs.demo import main as demo_main
             return demo_main(argv)

@@ -2,11 +2,22 @@
 
 Owns: the queue of chunks to fetch (readers' chunks first), the worker tasks, retries with
 backoff and jitter, and the events readers wait on. Every chunk is a tree-hash-aligned range;
-``ChunkCache.put_chunk`` checks it against Glacier's ``x-amz-sha256-tree-hash`` before it is
-stored, and when the last chunk is in, the folded root is checked against the archive's tree
-hash from the inventory. Nothing unverified is ever readable.
+its bytes go off the socket with ``readinto`` into a preallocated buffer, and each 1 MiB leaf is
+hashed and written by the cache's ``ChunkWriter`` while the next one is still arriving, so each
+byte is read once after it lands and network, hashing and disk overlap across cores. The
+chunk's tree hash must equal Glacier's ``x-amz-sha256-tree-hash`` before its index row commits;
+when the last chunk is in, the folded root is checked against the archive's tree hash from the
+inventory. Nothing unverified is ever readable.
 
-Runs on the trio thread; hashing and disk writes happen in worker threads.
+Endpoints that send no tree hash per range, or answer a ranged request with the whole output
+(200), still get verified bytes: the chunks are stored *held* (on disk, never readable), and once
+every chunk is held or verified their folded root must equal the inventory's tree hash before
+the cache makes them readable (``ChunkCache.promote_held``); otherwise the archive fails with the
+reason and nothing is kept. Readers of a held chunk wait for that decision. A whole-output
+answer is read once, chunk after chunk, by one worker.
+
+Runs on the trio thread; each fetch (socket reads) runs in a worker thread behind the client's
+limiter, the hashing and disk writes on the hashing pool.
 """
 
 from __future__ import annotations
@@ -15,14 +26,17 @@ import heapq
 import itertools
 import logging
 import random
+import threading
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from glacierfs import diskfull, glacier, treehash
-from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError
+from glacierfs.cache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
+                             NotCached)
 from glacierfs.diskfull import LOCAL_ERRORS
+from glacierfs.treehash import MIB
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,11 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 DISK_FULL_PAUSE = 15.0        # how long a chunk that found the disk full waits before retrying
 ROUND_PAUSE = 60.0            # a chunk that used up its attempts tries again this much later
+# Socket reads go into the chunk's buffer this much at a time: one leaf, so each leaf is hashed
+# and written while the next arrives.
+READ_BLOCK = MIB
+# Chunk buffers are reused while chunks keep coming (a fresh 16 MiB buffer costs 4096 page
+# faults) and freed once the downloader is idle.
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,19 @@ class ChunkTask:
     job_id: str
     layout: ArchiveLayout
     index: int
+    output_start: int = 0  # archive offset where the job's output begins (a ranged retrieval)
+
+
+@dataclass(frozen=True)
+class _Received:
+    """What one fetch did (from the worker thread)."""
+
+    checksum: bytes | None = None
+    stored: bool = False          # committed (readable, or held when ``held``)
+    held: bool = False            # stored unverified: the endpoint sent no tree hash
+    whole: bool = False           # the endpoint sent the whole output: every chunk was held
+    elsewhere: bool = False       # the whole output is being read by another worker
+    full: CacheFullError | None = None  # the bytes are in the buffer but the disk had no room
 
 
 class DownloadOutcome:
@@ -74,11 +106,19 @@ class Downloader:
         # Archives whose bytes failed verification: chunks of them still in flight are dropped
         # when they land, so nothing of a failed archive stays in the cache.
         self._poisoned: set[str] = set()
-        self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0}
+        # Chunks stored held (no tree hash from the endpoint) that readers wait for: told when
+        # their archive is verified as a whole, or fails.
+        self._held_waiting: dict[str, set[int]] = {}
+        self._whole_busy: set[str] = set()  # archives whose whole output a worker is reading
+        self._whole_lock = threading.Lock()
+        self._checking_held: set[str] = set()  # archives whose held chunks are being checked
+        self._buffers: list[bytearray] = []
+        self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0,
+                      "held_chunks": 0}
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
-                priority: int = BACKGROUND) -> None:
+                priority: int = BACKGROUND, output_start: int = 0) -> None:
         self._cancelled.discard(layout.archive_id)
         self._poisoned.discard(layout.archive_id)
         for index in indexes:
@@ -90,7 +130,7 @@ class Downloader:
                 continue
             self._queued[key] = priority
             heapq.heappush(self._heap, (priority, next(self._seq),
-                                        ChunkTask(vault, job_id, layout, index)))
+                                        ChunkTask(vault, job_id, layout, index, output_start)))
         self._wake.set()
 
     def cancel_archive(self, archive_id: str) -> None:
@@ -138,9 +178,24 @@ class Downloader:
                 if self.cache.has_chunk(task.layout, task.index):
                     self._notify(*key)
                     continue
+                if task.layout.archive_id in self._whole_busy:
+                    self._held_waiting.setdefault(key[0], set()).add(key[1])
+                    continue  # arriving unverified: told when the whole is checked
+                if self.cache.has_held_chunk(task.layout, task.index):
+                    self._held_waiting.setdefault(key[0], set()).add(key[1])
+                    # Held by an earlier run, maybe the whole archive: check it now.
+                    if key[0] not in self._checking_held and self._nursery is not None:
+                        self._checking_held.add(key[0])
+                        self._nursery.start_soon(self._check_held, task)
+                    continue
                 self._in_flight.add(key)
                 return task
-            self._wake = trio.Event()
+            # Idle workers share one event: replacing it per worker (as before) left all but
+            # the last one asleep for ever, so downloads ran one chunk at a time.
+            if self._wake.is_set():
+                self._wake = trio.Event()
+            if not self._in_flight:
+                self._buffers.clear()  # idle: give the chunk buffers' memory back
             await self._wake.wait()
 
     async def _worker(self) -> None:
@@ -163,18 +218,31 @@ class Downloader:
                 self._in_flight.discard(key)
 
     async def _fetch(self, task: ChunkTask) -> None:
+        buffer = self._take_buffer(task.layout.chunk_length(task.index))
+        try:
+            await self._fetch_into(task, buffer)
+        finally:
+            self._give_buffer(buffer)
+
+    async def _fetch_into(self, task: ChunkTask, buffer: bytearray) -> None:
         layout, index = task.layout, task.index
         start, end = layout.chunk_range(index)
+        view = memoryview(buffer)
         transient = corrupt = 0
         while task.layout.archive_id not in self._cancelled:
             try:
-                data, checksum = await self.client.get_job_output_range(
-                    task.vault, task.job_id, start, end)
-                if checksum is None:
-                    raise ChunkVerificationError(
-                        f"no x-amz-sha256-tree-hash for bytes {start}-{end}: cannot verify")
-                if not await self._store(task, data, bytes.fromhex(checksum)):
-                    return
+                got = await self.client.run(self._receive, task, view)
+                if got.full is not None:
+                    if got.checksum is None:
+                        raise got.full  # held bytes cannot be checked alone: fetch them again
+                    if not await self._store(task, view[:end - start + 1], got.checksum):
+                        return
+            except CacheFullError as exc:
+                self._notify(layout.archive_id, index, exc)
+                log.warning("cache disk full while storing archive %s chunk %d; retrying in "
+                            "%gs", layout.archive_id[:16], index, DISK_FULL_PAUSE)
+                await self._sleep(DISK_FULL_PAUSE)
+                continue
             except glacier.NotFound:
                 self._notify(layout.archive_id, index, glacier.NotFound(
                     "ResourceNotFoundException", "job output expired"))
@@ -214,14 +282,170 @@ class Downloader:
             if layout.archive_id in self._poisoned:
                 await self._poison(layout.archive_id)
                 return
+            if got.held or got.whole or got.elsewhere:
+                if got.held:
+                    self.stats["held_chunks"] += 1
+                self._held_waiting.setdefault(layout.archive_id, set()).add(index)
+                if not got.elsewhere:
+                    await self._check_held(task)
+                return
             self.stats["chunks"] += 1
-            self.stats["bytes_verified"] += len(data)
+            self.stats["bytes_verified"] += end - start + 1
             self._notify(layout.archive_id, index)
             if not self.cache.missing_chunks(layout):
                 await self._check_whole(layout)
             return
 
-    async def _store(self, task: ChunkTask, data: bytes, checksum: bytes) -> bool:
+    # --- in the worker thread -----------------------------------------------------------------
+    def _receive(self, task: ChunkTask, view: memoryview) -> _Received:
+        """Fetch one chunk into ``view`` and store it as it arrives (blocking)."""
+        layout, index = task.layout, task.index
+        start, end = layout.chunk_range(index)
+        length = end - start + 1
+        stream = self.client.client.open_job_output(
+            task.vault, task.job_id, max(0, start - task.output_start),
+            max(0, end - task.output_start))
+        try:
+            if stream.whole:
+                return self._receive_whole(task, stream, view)
+            if stream.length != length:
+                raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for bytes "
+                                                       f"{start}-{end}")
+            checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
+            return self._receive_chunk(layout, index, stream, view, checksum)
+        finally:
+            stream.close()
+
+    def _receive_chunk(self, layout: ArchiveLayout, index: int,
+                       stream: glacier.JobOutputStream, view: memoryview,
+                       checksum: bytes | None) -> _Received:
+        length = layout.chunk_length(index)
+        full: CacheFullError | None = None
+        try:
+            writer = self.cache.chunk_writer(layout, index, view)
+        except CacheFullError as exc:
+            writer, full = None, exc  # keep the bytes in the buffer and store them later
+        try:
+            got = 0
+            while got < length:
+                got += stream.readinto(view[got:min(got + READ_BLOCK, length)])
+                if writer is not None:
+                    writer.filled(got)
+            if writer is None:
+                return _Received(checksum, full=full)
+            try:
+                writer.commit(checksum, hold=checksum is None)
+            except CacheFullError as exc:
+                return _Received(checksum, full=exc)
+            return _Received(checksum, stored=True, held=checksum is None)
+        finally:
+            if writer is not None:
+                writer.abort()  # a no-op after a commit
+
+    def _receive_whole(self, task: ChunkTask, stream: glacier.JobOutputStream,
+                       view: memoryview) -> _Received:
+        """The endpoint ignored Range: read the whole output once, holding every chunk not yet
+        stored (the other workers' chunks of this archive wait for it)."""
+        layout = task.layout
+        archive_id = layout.archive_id
+        expected = layout.size - task.output_start
+        if stream.length != expected:
+            raise glacier.Unreachable("ShortBody", f"{stream.length}-byte whole output, "
+                                                   f"expected {expected}")
+        with self._whole_lock:
+            if archive_id in self._whole_busy:
+                return _Received(elsewhere=True)
+            self._whole_busy.add(archive_id)
+        try:
+            log.info("archive %s: the endpoint answered a ranged request with the whole "
+                     "output; reading it once and verifying it as a whole", archive_id[:16])
+            for index in range(layout.chunk_count):
+                start, end = layout.chunk_range(index)
+                if end < task.output_start:
+                    continue
+                if archive_id in self._cancelled:
+                    break
+                length = end - start + 1
+                if self.cache.has_chunk(layout, index) or self.cache.has_held_chunk(layout, index):
+                    got = 0
+                    while got < length:  # already stored: read past it
+                        got += stream.readinto(view[got:min(got + READ_BLOCK, length)])
+                    continue
+                got = self._receive_chunk(layout, index, stream, view, None)
+                if got.full is not None:
+                    raise got.full
+                self.stats["held_chunks"] += 1
+        finally:
+            with self._whole_lock:
+                self._whole_busy.discard(archive_id)
+        return _Received(whole=True)
+
+    # --- held chunks ----------------------------------------------------------------------------
+    async def _check_held(self, task: ChunkTask) -> None:
+        """Once every chunk of the archive is held or verified, verify the held ones as a
+        whole against the inventory's tree hash: then readable, or the archive fails."""
+        self._checking_held.add(task.layout.archive_id)
+        try:
+            await self._check_held_now(task)
+        finally:
+            self._checking_held.discard(task.layout.archive_id)
+
+    async def _check_held_now(self, task: ChunkTask) -> None:
+        layout = task.layout
+        archive_id = layout.archive_id
+        held = await trio.to_thread.run_sync(self.cache.held_tree_hashes, layout)
+        present = await trio.to_thread.run_sync(self.cache.chunk_tree_hashes, layout)
+        missing = [i for i in range(layout.chunk_count) if i not in held and i not in present]
+        if missing:
+            if archive_id not in self._whole_busy:  # e.g. a whole pass cut short: the rest
+                self.enqueue(task.vault, task.job_id, layout, missing, BACKGROUND)
+            return
+        expected = self.expected_root(archive_id)
+        if not expected:
+            await self._fail_held(archive_id, (
+                "the endpoint sent no x-amz-sha256-tree-hash and the inventory has no tree "
+                "hash for this archive: its bytes cannot be verified, so none are served"))
+            return
+        try:
+            await trio.to_thread.run_sync(self.cache.promote_held, layout,
+                                          bytes.fromhex(expected))
+        except NotCached as exc:  # evicted meanwhile: fetch those again
+            self.enqueue(task.vault, task.job_id, layout, exc.missing, BACKGROUND)
+            return
+        except (ChunkVerificationError, ValueError) as exc:
+            await self._fail_held(archive_id, (
+                f"the endpoint sent no tree hash per range (or ignored Range), so the whole "
+                f"archive was checked against the inventory's tree hash, and failed: {exc}; "
+                f"the downloaded bytes were discarded"))
+            return
+        waiting = self._held_waiting.pop(archive_id, set())
+        self.stats["chunks"] += len(held)
+        self.stats["bytes_verified"] += sum(layout.chunk_length(i) for i in held)
+        for index in waiting | set(held):
+            self._notify(archive_id, index)
+        log.info("archive %s: %d chunk(s) without tree hashes from the endpoint verified "
+                 "against the inventory's tree hash", archive_id[:16], len(held))
+        await self._check_whole(layout)
+
+    async def _fail_held(self, archive_id: str, reason: str) -> None:
+        log.warning("archive %s: %s", archive_id[:16], reason)
+        for index in self._held_waiting.pop(archive_id, set()):
+            self._notify(archive_id, index, ChunkVerificationError(reason))
+        await self._poison(archive_id)
+        await self.outcome.archive_failed(archive_id, reason)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes: the smallest spare that fits, or a new one."""
+        fits = [i for i, buf in enumerate(self._buffers) if len(buf) >= size]
+        if fits:
+            return self._buffers.pop(min(fits, key=lambda i: len(self._buffers[i])))
+        return bytearray(max(size, 1))
+
+    def _give_buffer(self, buffer: bytearray) -> None:
+        if len(self._buffers) < self.workers:
+            self._buffers.append(buffer)
+
+    async def _store(self, task: ChunkTask, data: memoryview, checksum: bytes) -> bool:
         """Verify and store a fetched chunk. With the disk full, keep the bytes and try again
         every DISK_FULL_PAUSE rather than fetch them again: a chunk is paid-for bandwidth, and a
         worker holds it in memory during a fetch anyway. Readers waiting for it get ENOSPC
@@ -256,7 +480,8 @@ class Downloader:
     async def _requeue_after(self, task: ChunkTask) -> None:
         await self._sleep(ROUND_PAUSE)
         if task.layout.archive_id not in self._cancelled:
-            self.enqueue(task.vault, task.job_id, task.layout, [task.index])
+            self.enqueue(task.vault, task.job_id, task.layout, [task.index],
+                         output_start=task.output_start)
 
     async def _check_whole(self, layout: ArchiveLayout) -> None:
         """All chunks are in: their folded root must be the archive's tree hash."""

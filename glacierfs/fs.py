@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 60.0   # names and sizes change only with a new inventory
 ATTR_TIMEOUT = 60.0
 BLOCK_SIZE = 128 * 1024
-XATTR_STABLE_FOR = 1.0  # getxattr's size probe and fetch must see the same value
+# getxattr's size probe and fetch (back to back, microseconds apart) must see the same value;
+# longer only delays what a poller sees (a restore showed "cached" up to 1 s late at 1.0).
+XATTR_STABLE_FOR = 0.25
 RESTORE_XATTR = "user.glacier.restore"
 # The kernel refuses attribute values larger than this (XATTR_SIZE_MAX): getxattr fails with
 # E2BIG and ``glacierfs status`` sees no status at all.

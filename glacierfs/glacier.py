@@ -12,7 +12,9 @@ side uses ``AsyncGlacier``, which runs each call in a worker thread behind one
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import http.client
 import logging
 import random
 import threading
@@ -248,9 +250,11 @@ class GlacierClient:
         raise AssertionError("unreachable")
 
     def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
-                                   description: str) -> str:
+                                   description: str, byte_range: str | None = None) -> str:
         params = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier,
                   "Description": description[:1024]}
+        if byte_range:
+            params["RetrievalByteRange"] = byte_range
         return self._initiate_job(vault, params)
 
     def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
@@ -308,6 +312,14 @@ class GlacierClient:
             raise Unreachable("ShortBody", f"got {len(data)} of {expected} bytes")
         return data, out.get("checksum")
 
+    def open_job_output(self, vault: str, job_id: str, start: int, end: int) -> JobOutputStream:
+        """Start GetJobOutput for bytes ``start..end`` (inclusive; relative to the job's output)
+        and return its body as a stream to ``readinto`` preallocated buffers. An endpoint that
+        ignores Range answers 200 with the whole output: the stream says so (``whole``)."""
+        out = self._call("GetJobOutput", self._client.get_job_output, vaultName=vault,
+                         jobId=job_id, range=f"bytes={start}-{end}")
+        return JobOutputStream(out, end - start + 1)
+
     def download_job_output(self, vault: str, job_id: str, dest: BinaryIO,
                             block: int = 1024 * 1024) -> dict[str, Any]:
         """Stream a whole job output (an inventory) into ``dest``; returns the response
@@ -330,6 +342,70 @@ class GlacierClient:
         return {"contentType": out.get("contentType"), "checksum": out.get("checksum")}
 
 
+class JobOutputStream:
+    """The body of one GetJobOutput answer, read with ``readinto`` straight off the socket.
+
+    ``checksum`` is the ``x-amz-sha256-tree-hash`` header (None when the endpoint sent none),
+    ``length`` the body's length, ``whole`` True when a ranged request got the whole output
+    back (200 and another length than asked). Not thread-safe: one reader.
+    """
+
+    def __init__(self, out: dict[str, Any], wanted: int) -> None:
+        self.checksum: str | None = out.get("checksum")
+        self._body = out["body"]
+        status = out.get("ResponseMetadata", {}).get("HTTPStatusCode") or out.get("status")
+        headers = out.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            self.length = int(headers.get("content-length", wanted))
+        except ValueError:
+            self.length = wanted
+        self.whole = status == 200 and self.length != wanted
+        self.received = 0
+        raw = getattr(self._body, "_raw_stream", None)
+        # urllib3 2's readinto reads into a temporary and copies; the http.client response
+        # under it reads into the caller's buffer directly (one copy fewer per byte).
+        self._raw = raw
+        fp = getattr(raw, "_fp", None)
+        self._readinto = fp.readinto if hasattr(fp, "readinto") else self._body.readinto
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` completely (or to the end of the body); returns the bytes read.
+        A body that ends early or a dropped connection raise Unreachable."""
+        got = 0
+        want = min(len(view), self.length - self.received)
+        while got < want:
+            try:
+                n = self._readinto(view[got:want])
+            except Exception as exc:
+                raise _stream_error(exc) from None
+            if not n:
+                raise Unreachable("ShortBody", f"body ended after {self.received + got} of "
+                                               f"{self.length} bytes")
+            got += n
+        self.received += got
+        return got
+
+    def close(self) -> None:
+        """Give the connection back to the pool when the body was read whole, else drop it."""
+        try:
+            if self.received == self.length and self._raw is not None and \
+                    getattr(self._raw, "_fp", None) is not None:
+                with contextlib.suppress(Exception):
+                    self._raw.release_conn()
+            self._body.close()
+        except Exception:  # closing a dead connection: nothing left to do
+            log.debug("closing a job output body failed", exc_info=True)
+
+
+def _stream_error(exc: BaseException) -> GlacierError:
+    if isinstance(exc, http.client.HTTPException):  # IncompleteRead and friends: a cut body
+        return Unreachable("ConnectionDropped", str(exc) or type(exc).__name__)
+    try:
+        return translate(exc)
+    except Exception:
+        return Unreachable("ConnectionDropped", str(exc) or type(exc).__name__)
+
+
 class AsyncGlacier:
     """trio facade: each call runs in a thread, at most ``limit`` at once."""
 
@@ -348,9 +424,9 @@ class AsyncGlacier:
         return await self.run(self.client.describe_vault, vault)
 
     async def initiate_archive_retrieval(self, vault: str, archive_id: str, tier: str,
-                                         description: str) -> str:
+                                         description: str, byte_range: str | None = None) -> str:
         return await self.run(self.client.initiate_archive_retrieval, vault, archive_id, tier,
-                              description)
+                              description, byte_range)
 
     async def initiate_inventory_retrieval(self, vault: str, fmt: str = "JSON") -> str:
         return await self.run(self.client.initiate_inventory_retrieval, vault, fmt)

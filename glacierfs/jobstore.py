@@ -1,4 +1,8 @@
-"""Retrieval job records: one per archive, written through to the state database.
+"""Retrieval job records: one per (archive, byte range), written through to the state database.
+
+A record covers the whole archive (``range_end == -1``, the only kind before ranged retrievals)
+or one RetrievalByteRange (see ranges.py). Whole-archive records are keyed by the archive id,
+so ``records[archive_id]`` is still "the archive's job"; ranged ones by ``ARCHIVE@START-END``.
 
 A record is saved *before* every API call that costs money (state ``Initiating``), so after a
 crash the daemon knows a job may exist and looks for it with ListJobs instead of paying for a
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, fields
 
 from glacierfs import diskfull
@@ -44,6 +49,22 @@ class JobRecord:
     status_message: str | None = None
     initiated_at: float | None = None
     next_poll: float | None = None
+    range_start: int = 0          # RetrievalByteRange (inclusive); the whole archive when
+    range_end: int = -1           # range_end is -1
+
+    @property
+    def ranged(self) -> bool:
+        return self.range_end >= 0
+
+    @property
+    def key(self) -> str:
+        """Where the record lives in ``Retrieval.records`` (and the unsaved changes)."""
+        return record_key(self.archive_id, self.range_start, self.range_end)
+
+    @property
+    def byte_range(self) -> str | None:
+        """The InitiateJob RetrievalByteRange, None for the whole archive."""
+        return f"{self.range_start}-{self.range_end}" if self.ranged else None
 
     @property
     def public_status(self) -> str:
@@ -54,6 +75,10 @@ class JobRecord:
 _COLUMNS = [f.name for f in fields(JobRecord)]
 
 
+def record_key(archive_id: str, start: int = 0, end: int = -1) -> str:
+    return archive_id if end < 0 else f"{archive_id}@{start}-{end}"
+
+
 class JobStore:
     """The jobs table. When the disk is full, changes are kept in memory as unsaved and written
     with the next save that succeeds (a warning at most once a minute); ``save`` says whether
@@ -61,8 +86,9 @@ class JobStore:
 
     WARN_EVERY = 60.0
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.db = store.db
+        self.clock = clock   # the budget window's clock (a test clock with an emulator)
         self._store = store
         self._unsaved: dict[str, JobRecord] = {}
         self._unsaved_spend: list[tuple[float, int, str]] = []
@@ -79,14 +105,15 @@ class JobStore:
 
     def load_all(self) -> dict[str, JobRecord]:
         rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs").fetchall()
-        return {r[0]: JobRecord(*r) for r in rows}
+        records = [JobRecord(*r) for r in rows]
+        return {r.key: r for r in records}
 
     def save(self, record: JobRecord) -> bool:
-        self._unsaved[record.archive_id] = record
+        self._unsaved[record.key] = record
         return self.flush()
 
     def record_spend(self, archive_id: str, size: int, now: float | None = None) -> None:
-        self._unsaved_spend.append((now or time.time(), size, archive_id))
+        self._unsaved_spend.append((now or self.clock(), size, archive_id))
         self.flush()
 
     def flush(self) -> bool:
@@ -114,7 +141,7 @@ class JobStore:
         return True
 
     def spent_in_window(self, now: float | None = None) -> int:
-        since = (now or time.time()) - BUDGET_WINDOW
+        since = (now or self.clock()) - BUDGET_WINDOW
         with contextlib.suppress(*LOCAL_ERRORS):  # pruning old rows can wait for free space
             self.db.execute("DELETE FROM spend WHERE ts < ?", (since - BUDGET_WINDOW,))
         saved = int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM spend WHERE ts >= ?",

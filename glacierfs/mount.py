@@ -27,6 +27,7 @@ from glacierfs.retrieval import Retrieval
 from glacierfs.room import CacheRoom
 from glacierfs.selectjobs import SelectJobs
 from glacierfs.store import Store
+from glacierfs.testclock import budget_clock
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
         elif opts.vaults is not None:
             ns.set_vaults([(v.name, v.arn) for v in stored if v.name in opts.vaults]
                           + [(n, None) for n in opts.vaults if n not in {v.name for v in stored}])
-        retrieval = Retrieval(JobStore(store), aclient, cache, opts, ns, room=room)
+        retrieval = Retrieval(JobStore(store, clock=budget_clock(opts)), aclient, cache, opts, ns,
+                              room=room)
         selects = SelectJobs(store, aclient, opts, retrieval)
         retrieval.extra_in_flight = selects.in_flight
         async with trio.open_nursery() as nursery:

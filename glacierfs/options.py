@@ -122,6 +122,9 @@ class MountOptions:
     chunk_size: int = 16 * 1024 * 1024
     downloads: int = 4           # chunks fetched at once
     readahead: int = 1024 * 1024  # kernel readahead for the mount (root only); 0: kernel default
+    # Ranged retrievals (ranges.py): reads of larger archives retrieve only the windows they
+    # touch. None: the default by tier (see ranges.DEFAULT_RANGE_SIZE); 0: off.
+    range_size: int | None = None
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -201,6 +204,10 @@ def parse_options(source: str, option_strings: list[str], foreground: bool = Fal
         # A chunk is the unit stored and verified: a cache smaller than one could hold nothing.
         raise OptionError(f"cache_size={opts.cache_size} bytes is smaller than one chunk "
                           f"(chunk_size={opts.chunk_size}); raise cache_size or lower chunk_size")
+    if opts.range_size and opts.range_size % opts.chunk_size:
+        # Windows are downloaded in chunks: a window must hold whole chunks to be verified.
+        raise OptionError(f"range_size={opts.range_size // 1024 ** 2}M is not a multiple of "
+                          f"chunk_size={opts.chunk_size // 1024 ** 2}M")
     return opts
 
 
@@ -265,6 +272,17 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
         mib = size // (1024 * 1024)
         if size % (1024 * 1024) or mib < 1 or mib & (mib - 1):
             raise OptionError(f"chunk_size={value}: must be a power-of-two number of MiB (1M, 2M, … 64M)")
+        values[key] = size
+    elif key == "range_size":
+        v = _need(value, key)
+        if v.lower() in ("off", "no", "none", "0"):
+            values[key] = 0
+            return
+        size = parse_size(v, key)
+        mib = size // (1024 * 1024)
+        if size % (1024 * 1024) or mib < 1 or mib & (mib - 1):
+            raise OptionError(f"range_size={value}: must be a power-of-two number of MiB "
+                              "(16M, 32M, … 1G) or off")
         values[key] = size
     elif key == "expedited_fallback":
         values[key] = _bool_flag(value, key)

@@ -1,4 +1,8 @@
-"""The retrieval lifecycle: one job per archive, reused, polled, downloaded, never paid twice.
+"""The retrieval lifecycle: one job per unit, reused, polled, downloaded, never paid twice.
+
+A unit is the whole archive or one byte range of it (ranges.py decides which: reads of archives
+larger than ``range_size`` retrieve only the windows they touch); each has its own record and
+goes through the same machine:
 
     absent ──read/restore──▶ Queued ──limits allow──▶ Initiating ──▶ InProgress
                                                         (record saved       │ ListJobs says done
@@ -18,6 +22,7 @@ Runs on the trio thread. The design note in the README describes the same machin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timedelta, UTC
@@ -34,6 +39,7 @@ from glacierfs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEED
                                 JobStore)
 from glacierfs.namespace import Entry
 from glacierfs.options import MountOptions
+from glacierfs.ranges import RangeBook
 from glacierfs.room import ROOM_REASON, CacheRoom
 
 log = logging.getLogger(__name__)
@@ -106,7 +112,8 @@ class Retrieval(DownloadOutcome):
         if cache.evictable is None:
             cache.evictable = self.room.evictable
         self.room.on_release = self._queue_wake_set
-        self.records: dict[str, JobRecord] = jobstore.load_all()
+        self.records: dict[str, JobRecord] = jobstore.load_all()  # by JobRecord.key
+        self.ranges = RangeBook(self.records, options, cache)
         self.downloader = Downloader(client, cache, self, workers=options.downloads,
                                      expected_root=self._expected_root)
         self._archive_locks: dict[str, trio.Lock] = {}
@@ -128,6 +135,10 @@ class Retrieval(DownloadOutcome):
         """The archive's job record; while its request still waits for Glacier's first answer
         (a slow endpoint), a provisional Queued one, so getfattr shows that it was asked for."""
         rec = self.records.get(archive_id)
+        if rec is None and self.ranges.ranged_of(archive_id):
+            entry = self.entries.file_by_archive(archive_id)
+            summary = self.ranges.summary(entry, self.layout(entry)) if entry else None
+            return self.ranges.representative(archive_id, summary)
         if rec is None and archive_id in self._requesting:
             pending = self._requesting[archive_id]
             return JobRecord(archive_id=archive_id, vault=pending.vault, state=QUEUED,
@@ -164,9 +175,10 @@ class Retrieval(DownloadOutcome):
                       key=lambda r: r.requested_at)
 
     # --- requests -----------------------------------------------------------------------
-    async def request(self, entry: Entry, tier: str | None = None,
-                      explicit: bool = False) -> JobRecord | None:
-        """Make sure the archive is (being) retrieved; returns its record, None if cached.
+    async def request(self, entry: Entry, tier: str | None = None, explicit: bool = False,
+                      chunks: list[int] | None = None) -> JobRecord | None:
+        """Make sure the archive (``chunks`` None), or the chunks a read needs, are (being)
+        retrieved; returns the record serving them (the first), None if cached.
 
         ``explicit`` (setxattr restore, ``glacierfs restore``) may replace a failed job; a
         plain read reports the failure instead of paying again.
@@ -176,6 +188,7 @@ class Retrieval(DownloadOutcome):
         layout = self.layout(entry)
         if self.cache_state(entry)[0] == "cached":
             return None
+        tier = tier or self.options.tier
         async with self._lock_for(self._archive_locks, archive_id):
             rec = self.records.get(archive_id)
             if explicit:
@@ -186,34 +199,86 @@ class Retrieval(DownloadOutcome):
                 if rec.state == SUCCEEDED and rec.job_id:
                     self._schedule_download(rec, layout)
                 return rec
-            tier = tier or self.options.tier
-            adopted = await self._find_remote_job(entry)
+            # A job that failed is never adopted again (ListJobs answers are reused for a
+            # minute and may still show it InProgress).
+            adopted = await self._find_remote_job(entry, failed_job=rec.job_id if rec else None)
             if adopted is not None:
                 self.room.hold(archive_id)
                 return adopted
+            if rec is None and (self.ranges.reads_ranged(entry, tier) if chunks is not None
+                                else self.ranges.whole_as_ranges(entry, tier)):
+                return await self._request_ranges(entry, layout, tier, explicit, chunks)
             rec = JobRecord(archive_id=archive_id, vault=entry.vault, state=QUEUED, tier=tier,
                             size=entry.size, tree_hash=entry.tree_hash,
                             requested_at=time.time())
-            self._save(rec)
-            if not any(r.state == QUEUED and r.requested_at < rec.requested_at
-                       for r in self.records.values()) and self._limits_allow(rec) is None:
-                await self._initiate(rec)
-            else:
-                rec.status_message = self._limits_allow(rec) or "waiting for earlier requests"
-                self._save(rec)
-                self._queue_wake.set()
+            await self._start_or_queue(rec)
             return rec
 
+    async def _request_ranges(self, entry: Entry, layout: ArchiveLayout, tier: str,
+                              explicit: bool, chunks: list[int] | None) -> JobRecord | None:
+        """One record per unit the chunks need that no record covers (all chunks: a whole
+        restore). Failed ranges are replaced only when asked explicitly."""
+        for adopted in self.ranges.adopt(entry, layout, await self._remote_or_none(entry.vault),
+                                         OUTPUT_LIFETIME - 3600):
+            self._save(adopted)
+            log.info("reusing job %s for bytes %s of archive %s", (adopted.job_id or "")[:16],
+                     adopted.byte_range, adopted.archive_id[:16])
+            if adopted.state == SUCCEEDED:
+                self._schedule_download(adopted, layout)
+        wanted = list(range(layout.chunk_count)) if chunks is None else chunks
+        for old in self.ranges.ranged_of(layout.archive_id):
+            if old.state == FAILED and explicit:
+                old.state, old.job_id, old.tier = QUEUED, None, tier
+                old.requested_at = time.time()
+                self.ranges.forget_verified(old)
+                await self._start_or_queue(old)
+            elif old.state == SUCCEEDED and old.job_id and chunks is None:
+                self._schedule_download(old, layout)  # a restore: the whole of what is done
+        queued = False
+        for start, end in self.ranges.plan(layout, wanted, tier):
+            rec = JobRecord(archive_id=layout.archive_id, vault=entry.vault, state=QUEUED,
+                            tier=tier, size=end - start + 1, tree_hash=None,
+                            requested_at=time.time(), range_start=start, range_end=end)
+            if queued:  # an earlier range waits: so do the later ones, in order
+                rec.status_message = "waiting for earlier requests"
+                self._save(rec)
+                continue
+            await self._start_or_queue(rec)
+            queued = rec.state == QUEUED
+        present = self.cache.chunk_tree_hashes(layout)
+        missing = [i for i in wanted if i not in present] or wanted
+        return self.ranges.covering(layout, missing[0])
+
+    async def _start_or_queue(self, rec: JobRecord) -> None:
+        """Save a new (or replaced) unit, then start it if nothing older waits and the limits
+        allow, else leave it Queued with the reason."""
+        self._save(rec)
+        if not any(r.state == QUEUED and r.requested_at < rec.requested_at
+                   for r in self.records.values()) and self._limits_allow(rec) is None:
+            await self._initiate(rec)
+        else:
+            rec.status_message = self._limits_allow(rec) or "waiting for earlier requests"
+            self._save(rec)
+            self._queue_wake.set()
+
+    async def _remote_or_none(self, vault: str) -> list[dict[str, Any]]:
+        try:
+            return await self._vault_jobs(vault)
+        except glacier.GlacierError:
+            return []
+
     async def request_within(self, entry: Entry, wait: float, tier: str | None = None,
-                             explicit: bool = False) -> JobRecord | None:
+                             explicit: bool = False,
+                             chunks: list[int] | None = None) -> JobRecord | None:
         """``request()``, holding the caller ``wait`` seconds at most, or REQUEST_WAIT from when
         the archive's request began if that is later: on a slow or dead endpoint the request
         carries on in the background (one per archive) and NotReady is raised. Without the
         background loops running (tests), it simply awaits."""
         if self._nursery is None:
-            return await self.request(entry, tier=tier, explicit=explicit)
+            return await self.request(entry, tier=tier, explicit=explicit, chunks=chunks)
         archive_id = entry.archive_id or ""
-        pending = self._requesting.get(archive_id)
+        key = archive_id if not chunks else f"{archive_id}#{chunks[0]}"
+        pending = self._requesting.get(key)
         result: list[JobRecord | None] = []
         if pending is None:
             done = trio.Event()
@@ -222,16 +287,17 @@ class Retrieval(DownloadOutcome):
             window_end = min([trio.current_time() + REQUEST_WAIT]
                              + [p.window_end for p in self._requesting.values()
                                 if p.vault == entry.vault])
-            pending = self._requesting[archive_id] = _PendingRequest(
+            pending = self._requesting[key] = _PendingRequest(
                 done, window_end, entry.vault, tier or self.options.tier)
 
             async def in_background() -> None:
                 try:
-                    result.append(await self.request(entry, tier=tier, explicit=explicit))
+                    result.append(await self.request(entry, tier=tier, explicit=explicit,
+                                                     chunks=chunks))
                 except Exception:  # noqa: BLE001 — logged; the next read asks again
                     log.exception("requesting archive %s: internal error", archive_id[:16])
                 finally:
-                    del self._requesting[archive_id]
+                    del self._requesting[key]
                     done.set()
 
             self._nursery.start_soon(in_background)
@@ -241,6 +307,8 @@ class Retrieval(DownloadOutcome):
             raise NotReady("starting the retrieval: Glacier has not answered yet")
         if result:
             return result[0]
+        if chunks:
+            return self._unit(self.layout(entry), chunks[0])
         return self.records.get(archive_id)  # another caller's request, now finished
 
     def _limits_allow(self, rec: JobRecord, cache_room: bool = True) -> str | None:
@@ -260,7 +328,7 @@ class Retrieval(DownloadOutcome):
         if opts.budget is not None:
             if rec.size > opts.budget:
                 return (f"archive is larger than the daily budget ({opts.budget} bytes); "
-                        "raise budget= to retrieve it")
+                        "raise budget= (or set range_size= to retrieve it in ranges)")
             # Starts in flight count too: their spend is recorded only once InitiateJob answers,
             # and concurrent requests must not all pass the check in that window.
             spent = self.jobs.spent_in_window() + sum(
@@ -282,13 +350,13 @@ class Retrieval(DownloadOutcome):
         tier = rec.tier
         while True:
             try:
-                self._starting.add(rec.archive_id)
+                self._starting.add(rec.key)
                 try:
                     job_id = await self.client.initiate_archive_retrieval(
                         rec.vault, rec.archive_id, tier,
-                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}")
+                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}", rec.byte_range)
                 finally:
-                    self._starting.discard(rec.archive_id)
+                    self._starting.discard(rec.key)
                 break
             except glacier.InsufficientCapacity:
                 if tier == "Expedited" and self.options.expedited_fallback:
@@ -332,8 +400,9 @@ class Retrieval(DownloadOutcome):
         rec.next_poll = time.time() + self._first_poll_delay(tier)
         self._save(rec)
         self.jobs.record_spend(rec.archive_id, rec.size)
-        log.info("started %s retrieval job %s for archive %s (%d bytes)", tier, job_id[:16],
-                 rec.archive_id[:16], rec.size)
+        log.info("started %s retrieval job %s for archive %s (%d bytes%s)", tier, job_id[:16],
+                 rec.archive_id[:16], rec.size,
+                 f", range {rec.byte_range}" if rec.ranged else "")
         self._signal(rec.archive_id)
 
     def _requeue(self, rec: JobRecord, message: str, retry_in: float | None = None) -> None:
@@ -353,9 +422,10 @@ class Retrieval(DownloadOutcome):
         log.warning("retrieval of archive %s failed: %s", rec.archive_id[:16], message)
         self._signal(rec.archive_id)
 
-    async def _find_remote_job(self, entry: Entry) -> JobRecord | None:
+    async def _find_remote_job(self, entry: Entry,
+                               failed_job: str | None = None) -> JobRecord | None:
         """Adopt a usable job for this archive listed by Glacier (InProgress, or Succeeded
-        with output not yet expired)."""
+        with output not yet expired), never ``failed_job``."""
         try:
             jobs = await self._vault_jobs(entry.vault)
         except glacier.GlacierError as exc:
@@ -364,7 +434,8 @@ class Retrieval(DownloadOutcome):
             return None
         best: dict[str, Any] | None = None
         for job in jobs:
-            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id:
+            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id \
+                    or (failed_job and job.get("JobId") == failed_job):
                 continue
             rng = job.get("RetrievalByteRange")
             if rng and rng != f"0-{max(entry.size - 1, 0)}":
@@ -415,40 +486,58 @@ class Retrieval(DownloadOutcome):
         archive_id = layout.archive_id
         deadline = trio.current_time() + self.options.wait
         while True:
-            rec = self.records.get(archive_id)
-            if rec is not None and rec.state == FAILED and self.cache.state(layout) != "cached":
+            failed = self.records.get(archive_id) or self.ranges.failed(archive_id)
+            if failed is not None and failed.state == FAILED and \
+                    self.cache.state(layout) != "cached":
                 # A failed file is failed as a whole: no byte of a partial download is served.
-                raise RetrievalFailed(rec.status_message or "retrieval failed")
+                raise RetrievalFailed(failed.status_message or "retrieval failed")
             try:
-                return self._read_cached(layout, offset, size)
+                data = self._read_cached(layout, offset, size)
             except NotCached as exc:
                 missing = exc.missing
-            rec = self.records.get(archive_id)
-            if rec is None:
-                if not may_start:
-                    raise NotRequested("not cached; no retrieval was requested")
-                rec = await self.request_within(entry, deadline - trio.current_time())
+            else:
+                if may_start and entry.size > self.options.chunk_size and \
+                        self._nursery is not None and self.ranges.enabled():
+                    self._read_ahead(entry, layout, offset, offset + len(data))
+                return data
+            rec = self._unit(layout, missing[0])
+            if may_start and (rec is None or any(self._unit(layout, i) is None for i in missing)):
+                got = await self.request_within(entry, deadline - trio.current_time(),
+                                                chunks=missing)
+                if got is None and self.cache.state(layout) == "cached":
+                    continue
+                rec = got or rec
                 if rec is None:
-                    if self.cache.state(layout) == "cached":
-                        continue
                     raise NotReady("retrieval requested")
+            if rec is None:
+                raise NotRequested("not cached; no retrieval was requested")
+            if rec.ranged:
+                self.ranges.waiting[archive_id] = \
+                    f"bytes {offset}-{offset + size - 1} (range {rec.byte_range}: " \
+                    f"{rec.status_message or rec.public_status})"
             if rec.state == FAILED:
                 raise RetrievalFailed(rec.status_message or "retrieval failed")
             if rec.state == SUCCEEDED and rec.job_id:
-                self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, FOREGROUND)
-                await self._wait_chunks(archive_id, missing,
+                mine = [i for i in missing if self.ranges.covers(rec, layout, i)]
+                self.downloader.enqueue(rec.vault, rec.job_id, layout, mine, FOREGROUND,
+                                        output_start=rec.range_start)
+                await self._wait_chunks(archive_id, mine,
                                         max(deadline, trio.current_time() + CHUNK_WAIT))
                 try:
-                    return self._read_cached(layout, offset, size)
+                    data = self._read_cached(layout, offset, size)
+                    self.ranges.waiting.pop(archive_id, None)
+                    return data
                 except NotCached as exc:
                     missing = exc.missing
+                if not any(i in mine for i in missing):
+                    continue  # this unit's chunks are in; the rest belong to another one
                 for index in missing:
                     error = self.downloader.take_error(archive_id, index)
                     if isinstance(error, NoRoomError):
                         raise NotReady(self._no_room(archive_id))
                     if isinstance(error, CacheFullError):
                         raise CacheFull(str(error))
-                rec = self.records.get(archive_id)
+                rec = self._unit(layout, missing[0])
                 if rec is not None and rec.state == FAILED:
                     raise RetrievalFailed(rec.status_message or "retrieval failed")
                 raise NotReady("downloading")
@@ -457,6 +546,23 @@ class Retrieval(DownloadOutcome):
                 raise NotReady(f"retrieval {rec.public_status}")
             with trio.move_on_after(remaining):
                 await self._changed_event(archive_id).wait()
+
+    def _unit(self, layout: ArchiveLayout, index: int) -> JobRecord | None:
+        """The record serving chunk ``index``: the whole-archive one, else the covering range."""
+        return self.records.get(layout.archive_id) or self.ranges.covering(layout, index)
+
+    def _read_ahead(self, entry: Entry, layout: ArchiveLayout, offset: int, end: int) -> None:
+        """A sequential reader of a big archive: the next windows are requested ahead."""
+        tier = self.options.tier
+        if layout.archive_id in self.records or not self.ranges.reads_ranged(entry, tier):
+            return
+        chunks = self.ranges.ahead(layout, offset, end, tier)
+        if chunks and self._nursery is not None:
+            self._nursery.start_soon(self._request_ahead, entry, chunks)
+
+    async def _request_ahead(self, entry: Entry, chunks: list[int]) -> None:
+        with contextlib.suppress(NotReady):
+            await self.request_within(entry, 0, chunks=chunks)
 
     def _read_cached(self, layout: ArchiveLayout, offset: int, size: int) -> bytes:
         """Bytes from the cache (NotCached if any are missing); a restored archive's pin ends
@@ -485,12 +591,17 @@ class Retrieval(DownloadOutcome):
 
     def _recover(self) -> None:
         """After a restart: resume downloads; jobs caught mid-initiation are looked up."""
+        incomplete: dict[str, Entry | None] = {}   # per archive: its entry if chunks are missing
         for rec in list(self.records.values()):
             if rec.state == INITIATING:
                 rec.next_poll = time.time()
             if rec.state == SUCCEEDED and rec.job_id:
-                entry = self.entries.file_by_archive(rec.archive_id)
-                if entry is not None and self.cache.missing_chunks(self.layout(entry)):
+                if rec.archive_id not in incomplete:
+                    entry = self.entries.file_by_archive(rec.archive_id)
+                    incomplete[rec.archive_id] = entry if entry is not None and \
+                        self.cache.missing_chunks(self.layout(entry)) else None
+                entry = incomplete[rec.archive_id]
+                if entry is not None:
                     self._schedule_download(rec, self.layout(entry))
 
     async def _poll_loop(self) -> None:
@@ -509,6 +620,10 @@ class Retrieval(DownloadOutcome):
                     for r in self.records.values():
                         if r.vault == vault and r.state in (IN_PROGRESS, INITIATING):
                             r.next_poll = now + min(self._interval(r.tier), START_RETRY)
+            try:
+                await self._verify_ranges()
+            except Exception:  # noqa: BLE001 — logged; the next round checks again
+                log.exception("verifying ranges: internal error")
             await trio.sleep(1)
 
     async def poll_vault(self, vault: str) -> None:
@@ -539,8 +654,10 @@ class Retrieval(DownloadOutcome):
         now = time.time()
         for rec in [r for r in self.records.values() if r.vault == vault]:
             if rec.state == INITIATING:
-                if rec.archive_id not in self._starting:  # left by a crash or a lost answer
-                    self._resolve_initiating(rec, by_archive.get(rec.archive_id, []))
+                if rec.key not in self._starting:  # left by a crash or a lost answer
+                    self._resolve_initiating(rec, [
+                        j for j in by_archive.get(rec.archive_id, [])
+                        if self.ranges.same_range(j, rec)])
                 continue
             if rec.state != IN_PROGRESS or not rec.job_id:
                 continue
@@ -553,6 +670,8 @@ class Retrieval(DownloadOutcome):
                 rec.state = SUCCEEDED
                 rec.completion_date = job.get("CompletionDate")
                 rec.status_message = job.get("StatusMessage")
+                if rec.ranged:  # the range's own tree hash: its chunks must fold to it
+                    rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
                 self._save(rec)
                 log.info("job %s for archive %s succeeded", rec.job_id[:16], rec.archive_id[:16])
                 entry = self.entries.file_by_archive(rec.archive_id)
@@ -605,6 +724,8 @@ class Retrieval(DownloadOutcome):
             if created is not None and created >= since and job.get("StatusCode") != "Failed":
                 rec.state = str(job["StatusCode"])
                 rec.job_id = str(job["JobId"])
+                if rec.ranged:
+                    rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
                 rec.creation_date = job.get("CreationDate")
                 rec.completion_date = job.get("CompletionDate")
                 rec.next_poll = time.time() + self._interval(rec.tier)
@@ -653,16 +774,24 @@ class Retrieval(DownloadOutcome):
 
     # --- download outcomes ------------------------------------------------------------------
     def _schedule_download(self, rec: JobRecord, layout: ArchiveLayout) -> None:
-        missing = self.cache.missing_chunks(layout)
+        missing = self.ranges.missing_of(rec, layout)
         if missing and rec.job_id:
-            self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, BACKGROUND)
+            self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, BACKGROUND,
+                                    output_start=rec.range_start)
 
     async def output_expired(self, archive_id: str, job_id: str | None = None) -> None:
-        rec = self.records.get(archive_id)
-        if rec is None or rec.state != SUCCEEDED or (job_id and rec.job_id != job_id):
+        recs = [r for r in self.ranges.of_archive(archive_id)
+                if r.state == SUCCEEDED and (not job_id or r.job_id == job_id)]
+        if not recs:
             return  # a stale chunk task of an earlier job: the current one is unaffected
+        rec = recs[0]
         self.downloader.cancel_archive(archive_id)
-        log.info("job output for archive %s expired; requesting a new job", archive_id[:16])
+        entry = self.entries.file_by_archive(archive_id)
+        for other in self.ranges.of_archive(archive_id):  # the other ranges' downloads go on
+            if other is not rec and other.state == SUCCEEDED and entry is not None:
+                self._schedule_download(other, self.layout(entry))
+        log.info("job output for archive %s%s expired; requesting a new job", archive_id[:16],
+                 f" bytes {rec.byte_range}" if rec.ranged else "")
         rec.state = QUEUED
         rec.job_id = None
         rec.requested_at = time.time()
@@ -673,14 +802,14 @@ class Retrieval(DownloadOutcome):
         self._signal(archive_id)
 
     async def archive_failed(self, archive_id: str, reason: str) -> None:
+        """A failed file is failed as a whole (its chunks are gone): every unit of it."""
         self.downloader.cancel_archive(archive_id)
-        rec = self.records.get(archive_id)
-        if rec is not None:
-            self._fail(rec, reason)
+        for rec in self.ranges.of_archive(archive_id):
+            if rec.state != FAILED:
+                self._fail(rec, reason)
 
     async def archive_complete(self, archive_id: str) -> None:
-        rec = self.records.get(archive_id)
-        if rec is not None:
+        for rec in self.ranges.of_archive(archive_id):
             rec.status_message = DOWNLOADED
             self._save(rec)
         log.info("archive %s is cached and verified", archive_id[:16])
@@ -702,7 +831,29 @@ class Retrieval(DownloadOutcome):
 
     def _expected_root(self, archive_id: str) -> str | None:
         rec = self.records.get(archive_id)
-        return rec.tree_hash if rec else None
+        if rec is not None:
+            return rec.tree_hash
+        entry = self.entries.file_by_archive(archive_id)  # ranges only: the inventory's root
+        return entry.tree_hash if entry else None
+
+    async def _verify_ranges(self) -> None:
+        """Ranges whose chunks are all in: their fold must be the range's SHA256TreeHash."""
+        for archive_id in {r.archive_id for r in self.records.values()
+                           if r.ranged and r.state == SUCCEEDED
+                           and not self.ranges.is_verified(r)}:
+            entry = self.entries.file_by_archive(archive_id)
+            if entry is None:
+                continue
+            layout = self.layout(entry)
+            hashes = self.cache.chunk_tree_hashes(layout)
+            for rec in self.ranges.unverified(archive_id):
+                if self.ranges.verify(rec, layout, hashes) is False:
+                    reason = (f"bytes {rec.byte_range} do not fold to the range's tree hash "
+                              f"{rec.tree_hash}; the downloaded bytes were discarded")
+                    self.downloader.cancel_archive(archive_id)
+                    await trio.to_thread.run_sync(self.cache.discard_archive, archive_id)
+                    await self.archive_failed(archive_id, reason)
+                    break
 
     # --- helpers ------------------------------------------------------------------------------
     def _interval(self, tier: str) -> float:
@@ -714,7 +865,8 @@ class Retrieval(DownloadOutcome):
     def _save(self, rec: JobRecord) -> bool:
         """Keep ``rec`` and write it through; False when the disk refused (kept unsaved and
         written with the next change that succeeds)."""
-        self.records[rec.archive_id] = rec
+        self.records[rec.key] = rec
+        self.ranges.track(rec)
         return self.jobs.save(rec)
 
     def _signal(self, archive_id: str) -> None:

@@ -63,7 +63,11 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
                      key=lambda r: (_ORDER.get(r.state, 9), r.requested_at))
     jobs = []
     counts: dict[str, int] = {}
+    ranged: dict[str, None] = {}   # archives with ranged jobs: one line each, in order
     for rec in records:
+        if rec.ranged:
+            ranged.setdefault(rec.archive_id)
+            continue
         entry = ns.file_by_archive(rec.archive_id)
         state, cached = retrieval.cache_state(entry) if entry else ("absent", 0)
         if state == "cached" and rec.state == SUCCEEDED:
@@ -91,6 +95,8 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
             "cached_bytes": cached,
             "downloading": retrieval.downloader.is_downloading(rec.archive_id),
         })
+    for archive_id in ranged:
+        _ranged_job(ns, retrieval, archive_id, jobs, counts, now, max_jobs)
     cache = retrieval.cache
     return {
         "time": now,
@@ -116,6 +122,41 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
         "downloads": dict(retrieval.downloader.stats),
         "api_calls": dict(retrieval.client.client.calls),
     }
+
+
+def _ranged_job(ns: Namespace, retrieval: Retrieval, archive_id: str, jobs: list[dict[str, Any]],
+                counts: dict[str, int], now: float, max_jobs: int) -> None:
+    """One entry for an archive retrieved in ranges, its ``ranges`` counted (each range counts
+    once in ``job_counts``, a cached one as ``cached``)."""
+    entry = ns.file_by_archive(archive_id)
+    if entry is None:
+        return
+    summary = retrieval.ranges.summary(entry, retrieval.layout(entry))
+    rep = retrieval.record(archive_id)
+    if summary is None or rep is None:
+        return
+    for key, status in (("queued", QUEUED), ("in_progress", IN_PROGRESS),
+                        ("succeeded", SUCCEEDED), ("cached", "cached"), ("failed", FAILED)):
+        if summary[key]:
+            counts[status] = counts.get(status, 0) + summary[key]
+    state, cached = retrieval.cache_state(entry)
+    if state == "cached" or len(jobs) >= max_jobs:
+        return
+    jobs.append({
+        "path": ns.path_of(entry),
+        "archive_id": archive_id,
+        "vault": entry.vault,
+        "status": rep.public_status,
+        "tier": rep.tier,
+        "job_id": rep.job_id,
+        "age": round(now - rep.requested_at),
+        "expected_completion": None,
+        "message": rep.status_message,
+        "size": entry.size,
+        "cached_bytes": cached,
+        "downloading": retrieval.downloader.is_downloading(archive_id),
+        "ranges": {k: v for k, v in summary.items() if k != "ranges"},
+    })
 
 
 def _select_jobs(ns: Namespace, selects: SelectJobs | None, limit: int) -> list[dict[str, Any]]:

@@ -19,13 +19,35 @@ import stat
 from pathlib import Path
 
 ROOT_INODE = 1  # pyfuse3.ROOT_INODE, repeated here so this module needs no FUSE
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 
 KIND_DIR = 0
 KIND_FILE = 1
 KIND_BY_ID = 2   # VAULT/.by-id: lists every archive of the vault by id
 KIND_VAULT = 3
+
+_JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS jobs (
+    archive_id TEXT NOT NULL,
+    vault TEXT NOT NULL,
+    state TEXT NOT NULL,              -- Queued | Initiating | InProgress | Succeeded | Failed
+    job_id TEXT,
+    tier TEXT NOT NULL,
+    size INTEGER NOT NULL,            -- bytes this job retrieves (the range's, or the archive's)
+    tree_hash TEXT,                   -- the archive's (inventory), or the range's (Glacier's)
+    creation_date TEXT,
+    completion_date TEXT,
+    status_message TEXT,
+    requested_at REAL NOT NULL,
+    initiated_at REAL,
+    next_poll REAL,
+    range_start INTEGER NOT NULL DEFAULT 0,   -- RetrievalByteRange (inclusive),
+    range_end INTEGER NOT NULL DEFAULT -1,    -- -1: the whole archive
+    PRIMARY KEY (archive_id, range_start, range_end)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, requested_at);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -62,24 +84,14 @@ CREATE TABLE IF NOT EXISTS vaults (
     last_inventory_date TEXT,         -- DescribeVault's LastInventoryDate
     present INTEGER NOT NULL DEFAULT 1
 );
-CREATE TABLE IF NOT EXISTS jobs (
-    archive_id TEXT PRIMARY KEY,
-    vault TEXT NOT NULL,
-    state TEXT NOT NULL,              -- Queued | Initiating | InProgress | Succeeded | Failed
-    job_id TEXT,
-    tier TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    tree_hash TEXT,
-    creation_date TEXT,
-    completion_date TEXT,
-    status_message TEXT,
-    requested_at REAL NOT NULL,
-    initiated_at REAL,
-    next_poll REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, requested_at);
 CREATE TABLE IF NOT EXISTS spend (ts REAL NOT NULL, bytes INTEGER NOT NULL, archive_id TEXT);
 """
+
+
+# The jobs table's columns before ranged retrievals (schema 3), copied over by the migration.
+_V3_JOB_COLUMNS = ("archive_id", "vault", "state", "job_id", "tier", "size", "tree_hash",
+                   "creation_date", "completion_date", "status_message", "requested_at",
+                   "initiated_at", "next_poll")
 
 
 class StateDirError(Exception):
@@ -119,6 +131,7 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
         self.db.executescript(_SCHEMA)
+        self._migrate_jobs()
         row = self.db.execute(
             "SELECT inode FROM entries WHERE inode = ?", (ROOT_INODE,)).fetchone()
         if row is None:
@@ -127,6 +140,28 @@ class Store:
                 "VALUES (?, 'root', 0, '', ?, '')", (ROOT_INODE, KIND_DIR))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                             (str(SCHEMA_VERSION),))
+
+    def _migrate_jobs(self) -> None:
+        """Create the jobs table, or bring a state dir from before ranged retrievals up to date:
+        one record per (archive, range) instead of per archive. Each existing record was a
+        whole-archive job, and stays one (range 0..-1); nothing is lost, nothing re-requested."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if not columns:
+            self.db.executescript(_JOBS_TABLE)
+            return
+        if "range_start" in columns:
+            return
+        old = ", ".join(c for c in _V3_JOB_COLUMNS if c in columns)
+        with self.transaction() as db:
+            db.execute("ALTER TABLE jobs RENAME TO jobs_v3")
+            db.execute("DROP INDEX IF EXISTS jobs_by_state")
+            for statement in _JOBS_TABLE.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"INSERT INTO jobs({old}, range_start, range_end) "
+                       f"SELECT {old}, 0, -1 FROM jobs_v3")
+            db.execute("DROP TABLE jobs_v3")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.db.close()

@@ -30,6 +30,11 @@ _PARALLEL_MIN_LEAVES = 4
 _pool: ThreadPoolExecutor | None = None
 
 
+def executor() -> ThreadPoolExecutor:
+    """The hashing pool (one thread per core): also runs the cache's leaf writes."""
+    return _executor()
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:

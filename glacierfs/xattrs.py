@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 PREFIX = "user.glacier."
 STATUS_XATTR = "user.glacier.status"   # on the mount root: JSON for ``glacierfs status``
+RANGES_XATTR = "user.glacier.ranges"   # on files retrieved in ranges: JSON (ranges.summary)
 MAX_STATUS_JOBS = 200                    # keeps the JSON well under the 64 KiB xattr limit
 
 
@@ -34,6 +35,9 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
     state, held = retrieval.cache_state(entry)
     values["user.glacier.cache"] = state
     values["user.glacier.cache.bytes"] = str(held)
+    ranges = retrieval.ranges.summary(entry, retrieval.layout(entry))
+    if ranges is not None:  # ranged retrievals: counts and ranges, JSON for scripts
+        values[RANGES_XATTR] = json.dumps(ranges, separators=(",", ":"))
     if retrieval.room.is_pinned(entry.archive_id or ""):
         values["user.glacier.cache.pinned"] = "held" if retrieval.room.is_held(
             entry.archive_id or "") else "wanted"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from glacierfs.sim.config import (DEFAULT_ACCOUNT_ID, DEFAULT_JOB_TTL, DEFAULT_REGION, DELAY_KEYS,
                                   PRESETS, SimConfig)
+from glacierfs.sim.bandwidth import parse_rate
 from glacierfs.sim.context import Sim
 from glacierfs.sim.faults import parse_spec
 from glacierfs.sim.server import SimServer
@@ -76,6 +77,13 @@ def _fault(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _loopback(host: str) -> str:
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
@@ -118,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed for fault injection draws (same seed, same requests, same faults)")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="SPEC",
                    help="inject a fault (repeatable; see below)")
+    p.add_argument("--bandwidth", type=_rate, default=None, metavar="RATE",
+                   help="cap each connection's job-output bodies at RATE bytes per second "
+                        "(K, M, G: KiB, MiB, GiB; e.g. 32M), as Glacier caps each "
+                        "GetJobOutput stream; parallel ranged downloads get a multiple of it "
+                        "(default: no cap)")
+    p.add_argument("--bandwidth-total", type=_rate, default=None, metavar="RATE",
+                   help="cap all job-output bodies together at RATE bytes per second, the "
+                        "account's or the link's share (default: no cap)")
+    p.add_argument("--no-tree-hash-header", action="store_true",
+                   help="never send x-amz-sha256-tree-hash with job output, as some other "
+                        "Glacier implementations do not")
+    p.add_argument("--ignore-range", action="store_true",
+                   help="answer a ranged GetJobOutput with the whole output (200), as some "
+                        "other Glacier implementations do")
     p.add_argument("--access-key-id", default=None,
                    help="if given, requests signed with another access key id get 403 "
                         "UnrecognizedClientException (signatures themselves are not checked)")
@@ -142,7 +164,10 @@ def main(argv: list[str]) -> int:
     delays.update(dict(args.delay))
     config = SimConfig(region=args.region, account_id=args.account_id, job_ttl=args.job_ttl,
                        inventory_mode=args.inventory_mode, access_key_id=args.access_key_id,
-                       delays=delays)
+                       delays=delays, bandwidth=args.bandwidth,
+                       bandwidth_total=args.bandwidth_total,
+                       tree_hash_header=not args.no_tree_hash_header,
+                       honour_range=not args.ignore_range)
     try:
         store = Store(args.data_dir)
     except OSError as exc:
@@ -180,7 +205,9 @@ def main(argv: list[str]) -> int:
     print(f"listening on http://{host}:{port}", flush=True)
     if local_s3 is not None:
         print(f"s3 on {local_s3.url}", flush=True)
-    log.info("data dir %s, delays %s, inventory %s", args.data_dir, delays, args.inventory_mode)
+    log.info("data dir %s, delays %s, inventory %s, bandwidth %s per connection, %s in total",
+             args.data_dir, delays, args.inventory_mode, args.bandwidth or "unlimited",
+             args.bandwidth_total or "unlimited")
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

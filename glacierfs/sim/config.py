@@ -30,6 +30,10 @@ class SimConfig:
     inventory_mode: str = "live"  # or "daily"
     access_key_id: str | None = None
     delays: dict[str, float] = field(default_factory=lambda: dict(TEST_DELAYS))
+    bandwidth: float | None = None        # bytes/s per connection for job-output bodies
+    bandwidth_total: float | None = None  # bytes/s for all job-output bodies together
+    tree_hash_header: bool = True         # False: GetJobOutput never sends x-amz-sha256-tree-hash
+    honour_range: bool = True             # False: a ranged GetJobOutput gets the whole body (200)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def vault_arn(self, name: str) -> str:

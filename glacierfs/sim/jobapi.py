@@ -225,7 +225,7 @@ def get_job_output(sim: Sim, req: Request, account: str, vault: str, job_id: str
     start, end = 0, size - 1
     ranged = False
     raw = req.header("Range")
-    if raw and size:
+    if raw and size and sim.config.honour_range:
         start, end = _parse_range(raw, size)
         ranged = True
     headers = {"Accept-Ranges": "bytes"}
@@ -234,7 +234,9 @@ def get_job_output(sim: Sim, req: Request, account: str, vault: str, job_id: str
         headers["Content-Type"] = "application/octet-stream"
         if job["archive_description"]:
             headers["x-amz-archive-description"] = job["archive_description"]
-        if size == 0:
+        if not sim.config.tree_hash_header:
+            pass  # --no-tree-hash-header: an endpoint that never sends one
+        elif size == 0:
             headers["x-amz-sha256-tree-hash"] = job["archive_tree_hash"]
         elif is_tree_hash_aligned(start, end, size):
             whole = start == 0 and end == size - 1 and job["output_tree_hash"]

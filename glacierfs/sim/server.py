@@ -2,7 +2,9 @@
 
 ``ThreadingHTTPServer`` with HTTP/1.1 keep-alive, one thread per connection, so several clients
 download at once. Job output goes out with ``sendfile`` (zero copy, the kernel moves the bytes)
-unless a fault needs to touch them. Every failure becomes Glacier's JSON error; an unexpected
+unless a fault needs to touch them; with ``--bandwidth``/``--bandwidth-total`` it goes out in
+blocks paced by a token bucket per connection (one handler instance is one connection) and one
+for the whole server. Every failure becomes Glacier's JSON error; an unexpected
 exception is logged and answered 500, never a traceback on the wire.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from glacierfs.sim import archives, control, ids, jobapi, vaults
+from glacierfs.sim.bandwidth import TokenBucket
 from glacierfs.sim.context import Sim
 from glacierfs.sim.errors import GlacierError
 from glacierfs.sim.faults import error_for
@@ -97,6 +100,8 @@ class SimServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sim: Sim) -> None:
         super().__init__(address, SimHandler)
         self.sim = sim
+        total = sim.config.bandwidth_total
+        self.total_bucket = TokenBucket(total) if total else None
 
 
 class SimHandler(BaseHTTPRequestHandler):
@@ -104,6 +109,7 @@ class SimHandler(BaseHTTPRequestHandler):
     server_version = "glacierfs-sim"
     disable_nagle_algorithm = True  # small answers must not wait for a delayed ACK
     server: SimServer
+    _bucket: TokenBucket | None = None  # this connection's job-output cap, made on first use
 
     def version_string(self) -> str:
         return self.server_version
@@ -222,7 +228,8 @@ class SimHandler(BaseHTTPRequestHandler):
             if self.command == "HEAD":
                 return
             limit = max(1, length // 2) if drop else length
-            sent = self._send_body(sim, resp, limit, corrupt is not None)
+            buckets = self._buckets(sim) if operation == "GetJobOutput" else []
+            sent = self._send_body(sim, resp, limit, corrupt is not None, buckets)
             if operation != "Control":
                 sim.stats.sent(sent)
             if drop:
@@ -232,23 +239,42 @@ class SimHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
 
-    def _send_body(self, sim: Sim, resp: Response, limit: int, corrupt: bool) -> int:
+    def _buckets(self, sim: Sim) -> list[TokenBucket]:
+        """The token buckets a job-output body on this connection must draw from."""
+        out = []
+        if sim.config.bandwidth:
+            if self._bucket is None:
+                self._bucket = TokenBucket(sim.config.bandwidth)
+            out.append(self._bucket)
+        if self.server.total_bucket is not None:
+            out.append(self.server.total_bucket)
+        return out
+
+    def _send_body(self, sim: Sim, resp: Response, limit: int, corrupt: bool,
+                   buckets: list[TokenBucket]) -> int:
         if resp.stream is None:
-            self.wfile.write(resp.body[:limit])
-            return min(limit, len(resp.body))
+            body_bytes = resp.body[:limit]
+            if buckets:
+                return self._paced_write(memoryview(body_bytes), buckets)
+            self.wfile.write(body_bytes)
+            return len(body_bytes)
         body, start = resp.stream, resp.stream_start
+        step = min(b.block_size() for b in buckets) if buckets else None
         if body.path is not None and not corrupt:
             with open(body.path, "rb") as f:
                 sent = 0
                 while sent < limit:
-                    n = self.connection.sendfile(f, body.offset + start + sent, limit - sent)
+                    count = limit - sent if step is None else min(step, limit - sent)
+                    for bucket in buckets:
+                        bucket.take(count)
+                    n = self.connection.sendfile(f, body.offset + start + sent, count)
                     if not n:
                         raise BrokenPipeError("sendfile sent nothing")
                     sent += n
             return sent
         flips = sim.faults.sample_positions(limit, 3) if corrupt else []
         position = 0
-        for block in body.blocks(start, limit):
+        for block in body.blocks(start, limit, **({"block": step} if step else {})):
             end = position + len(block)
             hits = [p - position for p in flips if position <= p < end]
             if hits:
@@ -256,7 +282,18 @@ class SimHandler(BaseHTTPRequestHandler):
                 for h in hits:
                     data[h] ^= 0xFF
                 block = memoryview(data)
+            for bucket in buckets:
+                bucket.take(len(block))
             self.wfile.write(block)
             position = end
         return position
+
+    def _paced_write(self, data: memoryview, buckets: list[TokenBucket]) -> int:
+        step = min(b.block_size() for b in buckets)
+        for i in range(0, len(data), step):
+            piece = data[i:i + step]
+            for bucket in buckets:
+                bucket.take(len(piece))
+            self.wfile.write(piece)
+        return len(data)
 

@@ -60,7 +60,9 @@ def source(emulator):
 
 @pytest.fixture(scope="module")
 def mnt(emulator, source, module_mounts):
-    mount = module_mounts(emulator.url, "large")
+    # One whole-archive job per archive (ranged reads are tests/e2e/test_e2e_ranges.py): what
+    # is tested here is a reader's chunks of that job coming first.
+    mount = module_mounts(emulator.url, "large", range_size="off")
     wait_listed(mount / VAULT, {"pattern.bin", "zeros-0.bin"})
     return mount
 

@@ -506,8 +506,12 @@ def test_disk_full_on_fsync(cache, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(cache_mod.os, "fsync", fsync)
+        m.setattr(cache_mod.os, "fdatasync", fsync)  # chunk files are made durable with it
         with pytest.raises(CacheFullError):
             put(cache, layout, data)
+        with pytest.raises(CacheFullError):  # the streaming writer alike
+            writer = cache.chunk_writer(layout, 0, memoryview(bytearray(data)))
+            writer.commit(tree_hash(data))
     assert value_files(cache.directory) == set()
     assert cache.state(layout) == "absent"
 
@@ -591,28 +595,39 @@ CRASH_CHILD = textwrap.dedent("""
     import os, random, sys
     from glacierfs import cache as cm
     from glacierfs.treehash import MIB, tree_hash
-    directory, where = sys.argv[1], sys.argv[2]
+    directory, where, how = sys.argv[1], sys.argv[2], sys.argv[3]
     data = random.Random(3).randbytes(2 * MIB)
     layout = cm.ArchiveLayout("arch", len(data), MIB)
     c = cm.ChunkCache(directory, 64 * MIB)
     c.put_chunk(layout, 0, data[:MIB], tree_hash(data[:MIB]))
     if where == "mid-write":
-        real_write = os.write
+        real_write, real_pwrite = os.write, os.pwrite
         def write(fd, buf):
             real_write(fd, memoryview(buf)[:MIB // 3])
             os._exit(137)
+        def pwrite(fd, buf, offset):
+            real_pwrite(fd, memoryview(buf)[:MIB // 3], offset)
+            os._exit(137)
         cm.os.write = write
+        cm.os.pwrite = pwrite
     else:  # file complete and durable, row not yet committed
-        cm.os.fsync = lambda fd: os._exit(137)
-    c.put_chunk(layout, 1, data[MIB:], tree_hash(data[MIB:]))
+        cm.os.fsync = cm.os.fdatasync = lambda fd: os._exit(137)
+    if how == "put":
+        c.put_chunk(layout, 1, data[MIB:], tree_hash(data[MIB:]))
+    else:  # the downloader's streaming writer
+        buf = bytearray(data[MIB:])
+        w = c.chunk_writer(layout, 1, memoryview(buf))
+        w.filled(len(buf))
+        w.commit(tree_hash(data[MIB:]))
     sys.exit("not killed")
 """)
 
 
+@pytest.mark.parametrize("how", ["put", "writer"])
 @pytest.mark.parametrize("where", ["mid-write", "before-commit"])
-def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypatch, where):
+def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypatch, where, how):
     directory = tmp_path / "c"
-    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(directory), where],
+    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(directory), where, how],
                           cwd=ROOT, capture_output=True)
     assert proc.returncode == 137, proc.stderr.decode()
     orphans = value_files(directory) - indexed_files(directory)
@@ -674,3 +689,70 @@ def test_keys_round_trip_and_never_share_an_archive_prefix(aid, shift, index):
     assert low <= key < high
     other = ArchiveLayout(aid + "0", 1, MIB)  # an id extending this one is outside its range
     assert not low <= cache_mod._chunk_key(other, index) < high
+
+
+# --- streaming writer and chunks held unverified ---------------------------------------------
+
+def write_chunk(cache: ChunkCache, layout: ArchiveLayout, data: bytes, index: int,
+                expected: bytes | None, hold: bool = False) -> bytes:
+    """Store one chunk through the downloader's writer, fed a leaf at a time."""
+    chunk = bytearray(piece(layout, data, index))
+    writer = cache.chunk_writer(layout, index, memoryview(chunk))
+    for upto in range(MIB, len(chunk) + MIB, MIB):
+        writer.filled(min(upto, len(chunk)))
+    return writer.commit(expected, hold=hold)
+
+
+def test_streaming_writer_stores_only_the_expected_bytes(cache):
+    data = make_data(5 * MIB + 17)
+    layout = ArchiveLayout("w", len(data), 2 * MIB)
+    for i in range(layout.chunk_count):
+        assert write_chunk(cache, layout, data, i, tree_hash(piece(layout, data, i))) == \
+            tree_hash(piece(layout, data, i))
+    assert cache.read(layout, 0, len(data)) == data
+    other = ArchiveLayout("w2", len(data), 2 * MIB)
+    with pytest.raises(ChunkVerificationError):
+        write_chunk(cache, other, data, 0, tree_hash(b"something else"))
+    assert cache.state(other) == "absent"
+    assert value_files(cache.directory) == indexed_files(cache.directory)
+
+
+def test_held_chunks_are_unreadable_until_the_whole_root_matches(cache):
+    data = make_data(3 * MIB + 5)
+    layout = ArchiveLayout("held", len(data), MIB)
+    write_chunk(cache, layout, data, 0, tree_hash(piece(layout, data, 0)))  # one verified
+    for i in (1, 2):
+        write_chunk(cache, layout, data, i, None, hold=True)
+    assert cache.missing_chunks(layout) == [1, 2, 3]
+    with pytest.raises(NotCached):
+        cache.read(layout, MIB, 10)
+    with pytest.raises(NotCached):  # chunk 3 neither held nor verified: nothing changes
+        cache.promote_held(layout, tree_hash(data))
+    assert sorted(cache.held_tree_hashes(layout)) == [1, 2]
+    write_chunk(cache, layout, data, 3, None, hold=True)
+    cache.promote_held(layout, tree_hash(data))
+    assert cache.state(layout) == "cached" and cache.held_tree_hashes(layout) == {}
+    assert cache.read(layout, 0, len(data)) == data
+
+
+def test_held_chunks_with_a_wrong_root_are_dropped(cache):
+    data = make_data(2 * MIB)
+    layout = ArchiveLayout("bad", len(data), MIB)
+    for i in range(2):
+        write_chunk(cache, layout, data, i, None, hold=True)
+    with pytest.raises(ChunkVerificationError):
+        cache.promote_held(layout, tree_hash(b"the inventory says otherwise"))
+    assert cache.held_tree_hashes(layout) == {} and cache.state(layout) == "absent"
+    assert value_files(cache.directory) == set()
+
+
+def test_held_chunks_can_be_evicted_like_any_other(tmp_path):
+    with ChunkCache(tmp_path / "c", 3 * MIB) as c:
+        data = make_data(4 * MIB)
+        layout = ArchiveLayout("ev", len(data), MIB)
+        for i in range(4):
+            write_chunk(c, layout, data, i, None, hold=True)
+        assert len(c.held_tree_hashes(layout)) < 4
+        assert c.volume() <= 3 * MIB
+        with pytest.raises(NotCached):
+            c.promote_held(layout, tree_hash(data))

@@ -1,0 +1,608 @@
+"""``glacierfs copy [-r] [--tier T] [--dry-run] SRC... DEST``: bring files or whole trees out of
+a glacierfs mount into a local directory, through a cache of any size, resumably, verified.
+
+Runs in the user's process and talks to the mount only through the filesystem: the root's
+``user.glacier.status`` (cache limit and use, ``max_jobs``, budget, jobs in flight), each file's
+``user.glacier.*`` xattrs, ``user.glacier.restore`` to request a retrieval, and plain reads.
+
+The loop (``Copier.run``), one round every ``POLL_MIN`` seconds while downloads run, else at a
+tenth of the oldest request's wait, at most ``POLL_MAX``:
+  1. every requested file whose ``user.glacier.cache`` says ``cached`` is copied at once: read
+     through the mount sequentially to its end (which lets a daemon that pins restored, unread
+     archives release it), written under a temporary name in the same directory while its tree
+     hash is computed (``treehash.TreeHasher``), compared with ``user.glacier.tree_hash``,
+     given the uploader's mtime and an ordinary mode (the umask's, not the mount's 0444),
+     fsynced and renamed to its real name. A killed copy leaves at most a temporary file, which
+     the next run overwrites or removes; never a truncated file under a real name.
+  2. more files are requested, in order, while they fit the *room*: the cache limit, less a
+     reserve for the cache's own index (``reserve``), less the bytes held for restored files not
+     yet read. A daemon that pins those reports them as ``cache.pinned``; without it the bytes
+     of our own requested-but-not-yet-copied files are what must not be evicted, so room is
+     ``limit - reserve - max(pinned, ours)`` (``ours`` alone on a daemon without pinning): each
+     is a lower bound of what will be held (``pinned`` also covers other users' restores,
+     ``ours`` also files whose download has not begun), and their sum would count our files
+     twice. Files also wait for ``max_jobs`` slots and the daily ``budget`` when they need a
+     new job. Keeping requested-but-uncopied bytes within the room is what stops downloads
+     from evicting each other: on a least-recently-used cache the victims are then files
+     already copied, since each file is copied within a round of arriving (one evicted anyway
+     is requested again, from the same job). A file larger than the room is requested alone,
+     once nothing else of ours is outstanding; one larger than the cache fails, with no job.
+Files are never read before their cache state is ``cached``; a read or verification error is
+retried once after re-checking the cache (an evicted file is requested again: no new job while
+its job's output lasts), then reported as failed; failures never stop the rest.
+
+One job per archive: the copier asks only through ``user.glacier.restore``, which reuses any
+usable job (the mount's records, then ListJobs), and requests each file once per run. Run it
+again after an interrupt: files complete and verified in DEST are skipped (``copyplan``),
+retrievals still under way are waited for, not requested again, and nothing already copied is
+downloaded again. A file whose earlier job failed is requested again (a new job).
+
+Exit status: 0 when every file is copied and verified (or already was), 1 when some failed,
+2 for bad arguments or a vault whose inventory is not in yet (nothing started), 130 when
+interrupted (Ctrl-C or SIGTERM, with a one-line summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from glacierfs import copyplan, pricing, treehash
+from glacierfs.copyplan import DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item, PlanError
+
+TIERS = ("Expedited", "Standard", "Bulk")
+BLOCK = 4 * treehash.MIB          # read size: four tree-hash leaves, hashed in parallel
+POLL_MIN = 0.2                    # seconds between rounds while something moves
+POLL_MAX = 10.0                   # … and at most this long while jobs run (hours on AWS)
+# While waiting, a round every this fraction of the time the oldest request has waited: a
+# file is noticed within about 10% of its wait (a 3-s job: 0.3 s; a 4-h job: POLL_MAX).
+POLL_FRACTION = 0.1
+# Room left unrequested for the cache's own index: its ``used`` counts the SQLite index too
+# (tens of KiB, a few hundred bytes per chunk), so a batch filling the limit exactly would still
+# evict one of its own files.
+RESERVE_MIN = 256 * 1024
+RESERVE_FRACTION = 1 / 1024
+MAX_RETRIES = 1                   # a failed read or verification is retried once
+MAX_REFETCH = 3                   # an uncopied file evicted this often: the cache is too busy
+# A requested file whose state has not changed for this long while nothing of it is cached and
+# no job runs for it (no job at all, or a finished one with no download) is requested again.
+REREQUEST_AFTER = 60.0
+# An earlier failed job still shown this long after we asked for a new one is our failure too.
+STALE_FAILURE = 30.0
+PROGRESS_EVERY = 0.25             # seconds between progress redraws
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class DestFull(Exception):
+    """DEST refuses writes (full, quota, read-only): nothing more can be copied."""
+
+
+def human(n: float) -> str:
+    from glacierfs.commands import human as _human
+    return _human(n)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def status_doc(mount: Path) -> dict:  # type: ignore[type-arg]
+    raw = copyplan.xattr(mount, copyplan.STATUS_XATTR)
+    if raw is None:
+        raise OSError(errno.ENODATA, f"{mount} is no longer a live glacierfs mount")
+    return json.loads(raw)
+
+
+def reserve(limit: int) -> int:
+    return max(RESERVE_MIN, int(limit * RESERVE_FRACTION))
+
+
+# --- copying one file ---------------------------------------------------------------------
+
+class ReadFailed(Exception):
+    """The mount did not give the archive's bytes (read error, short, or a wrong tree hash)."""
+
+
+def copy_file(item: Item, progress: Callable[[int], None]) -> None:
+    """Copy one cached file to its DEST through its temporary name; see the module docstring.
+    Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
+    tmp = item.temp
+    hasher = treehash.TreeHasher()
+    buf = bytearray(BLOCK)
+    view = memoryview(buf)
+    try:
+        src = os.open(item.src, os.O_RDONLY)
+    except OSError as exc:
+        raise ReadFailed(f"open: {exc.strerror}") from None
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)   # a leftover of a killed run: start afresh, with today's umask
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            while True:
+                try:
+                    n = os.readv(src, [buf])
+                except OSError as exc:
+                    raise ReadFailed(f"read at byte {hasher.length}: {exc.strerror}") from None
+                if n == 0:
+                    break
+                chunk = view[:n]
+                hasher.update(chunk)
+                done = 0
+                while done < n:
+                    done += os.write(out, chunk[done:])
+                progress(n)
+            if hasher.length != item.size:
+                raise ReadFailed(f"read {hasher.length} of {item.size} bytes")
+            got = hasher.hexdigest()
+            if got != item.tree_hash:
+                raise ReadFailed(f"tree hash {got[:16]}… differs from the archive's "
+                                 f"{item.tree_hash[:16]}…")
+            copyplan.mark_verified(out, item.tree_hash)
+            os.utime(out, ns=(time.time_ns(), item.mtime_ns))
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.rename(tmp, item.dest)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DEST_FULL:
+            raise DestFull(f"{item.dest}: {exc.strerror}") from None
+        raise
+    finally:
+        os.close(src)
+    dirfd = os.open(item.dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+class Progress:
+    """Files, bytes, rate and ETA on stderr, redrawn in place; only on a terminal."""
+
+    def __init__(self, items: list[Item], enabled: bool) -> None:
+        self.items = items
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.copied_bytes = 0      # written in this run
+        self.in_file = 0           # of the file being copied now
+        self.waiting: str | None = None
+        self._drawn = 0.0
+        self._width = 0
+
+    def total(self) -> tuple[int, int]:
+        return len(self.items), sum(i.size for i in self.items)
+
+    def line(self) -> str:
+        n, total = self.total()
+        done = [i for i in self.items if i.state in (DONE, SKIPPED)]
+        done_bytes = sum(i.size for i in done) + self.in_file
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (self.copied_bytes + self.in_file) / elapsed
+        requested = sum(1 for i in self.items if i.state == REQUESTED)
+        failed = sum(1 for i in self.items if i.state == FAILED)
+        text = f"{len(done)}/{n} files, {human(done_bytes)} of {human(total)}"
+        if rate > 0 and (self.copied_bytes + self.in_file):
+            text += f", {human(rate)}/s, ETA {duration((total - done_bytes) / rate)}"
+        if requested:
+            text += f"; {requested} restoring"
+        if failed:
+            text += f"; {failed} failed"
+        if self.waiting:
+            text += f"; {self.waiting}"
+        return text
+
+    def draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn < PROGRESS_EVERY:
+            return
+        self._drawn = now
+        text = self.line()
+        pad = max(self._width - len(text), 0)
+        self._width = len(text)
+        print("\r" + text + " " * pad, end="", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            print("\r" + " " * self._width + "\r", end="", file=sys.stderr, flush=True)
+            self._width = 0
+
+    def say(self, text: str) -> None:
+        """A line of its own (a failure), above the progress line."""
+        self.clear()
+        print(text, file=sys.stderr, flush=True)
+        self.draw(force=True)
+
+
+# --- what may be requested now -----------------------------------------------------------------
+
+class Tally:
+    """Our requested-but-not-yet-copied files on one mount: their bytes, and those of them
+    still waiting for a job to start (they will take a ``max_jobs`` slot and budget)."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.count = 0
+        self.unstarted = 0
+        self.unstarted_bytes = 0
+
+    def add(self, item: Item) -> None:
+        self.held += item.size
+        self.count += 1
+        if item.needs_job and item.job_status in (None, "Queued", "Failed"):
+            self.unstarted += 1
+            self.unstarted_bytes += item.size
+
+
+def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[type-arg]
+    """None if ``item`` may be requested now; why it waits; or ``!reason`` if it never can.
+    ``doc`` is its mount's status document."""
+    cache = doc.get("cache", {})
+    limit = int(cache.get("limit") or 0) or sys.maxsize   # no limit reported: nothing to fit
+    if item.size > limit:
+        return (f"!larger ({human(item.size)}) than the mount's cache "
+                f"({human(limit)}); remount with a larger cache_size")
+    held = ours.held
+    if "pinned" in cache:
+        held = max(held, int(cache["pinned"]))
+    room = limit - reserve(limit) - held
+    if item.size > room and ours.count:
+        return f"waiting for cache room ({human(max(room, 0))} free for restores)"
+    if not item.needs_job:
+        return None
+    limits = doc.get("limits", {})
+    max_jobs = int(limits.get("max_jobs") or 0)
+    if max_jobs:
+        running = int(doc.get("job_counts", {}).get("InProgress", 0))
+        if running + ours.unstarted >= max_jobs:
+            return f"waiting for a job slot (max_jobs={max_jobs})"
+    budget = limits.get("budget")
+    if budget is not None:
+        budget = int(budget)
+        if item.size > budget:
+            return (f"!larger ({human(item.size)}) than the mount's daily budget "
+                    f"({human(budget)})")
+        spent = int(limits.get("budget_used") or 0) + ours.unstarted_bytes
+        if spent + item.size > budget and (ours.count or spent):
+            return f"waiting for the daily budget ({human(spent)} of {human(budget)})"
+    return None
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+class Copier:
+    def __init__(self, items: list[Item], tier: str | None, progress: Progress) -> None:
+        self.items = items
+        self.tier = tier
+        self.progress = progress
+        self.docs: dict[Path, dict] = {}  # type: ignore[type-arg]
+        self.mount_tier: dict[Path, str] = {}
+
+    # -- state of one file on the mount
+    def refresh(self, item: Item) -> None:
+        before = (item.cache, item.job_status)
+        item.cache = copyplan.xattr(item.src, "user.glacier.cache") or "absent"
+        if item.cache != "cached":
+            item.job_status = copyplan.xattr(item.src, "user.glacier.job.status")
+            if item.cache == "partial":
+                item.seen_bytes = True
+        if (item.cache, item.job_status) != before:
+            item.quiet_since = time.monotonic()
+
+    def fail(self, item: Item, reason: str) -> None:
+        item.state = FAILED
+        item.error = reason
+        self.progress.say(f"glacierfs copy: {item.src}: {reason}")
+
+    def request(self, item: Item) -> None:
+        mount = item.mount
+        tier = self.tier or self.mount_tier.get(mount)
+        if tier is None:
+            if mount not in self.docs:
+                self.docs[mount] = status_doc(mount)
+            tier = self.mount_tier[mount] = str(
+                self.docs[mount].get("limits", {}).get("tier") or "Standard")
+        if item.job_status == "Failed":
+            item.stale_job_id = copyplan.xattr(item.src, "user.glacier.job.id")
+        try:
+            os.setxattr(item.src, "user.glacier.restore", tier.encode())
+        except OSError as exc:
+            self.fail(item, f"cannot request the retrieval: {exc.strerror}")
+            return
+        item.state = REQUESTED
+        item.requested_at = item.quiet_since = time.monotonic()
+
+    # -- one round
+    def copy_ready(self) -> bool:
+        """Copy every requested file that is cached; True if anything changed."""
+        changed = False
+        for item in self.items:
+            if item.state != REQUESTED:
+                continue
+            before = (item.cache, item.job_status)
+            self.refresh(item)
+            changed |= before != (item.cache, item.job_status)
+            if item.cache == "cached":
+                self.copy_one(item)
+                changed = True
+            elif item.job_status == "Failed":
+                if item.stale_job_id and time.monotonic() - item.requested_at < STALE_FAILURE \
+                        and copyplan.xattr(item.src, "user.glacier.job.id") == item.stale_job_id:
+                    continue  # our request has not replaced the old failed job yet
+                message = copyplan.xattr(item.src, "user.glacier.job.status_message")
+                self.fail(item, f"retrieval failed: {message or 'unknown reason'}")
+                changed = True
+            elif item.cache == "absent" and item.seen_bytes and item.job_status == "Succeeded":
+                # Evicted before we could copy it (the cache is shared, or smaller than it
+                # said): ask again, from the same job while its output lasts.
+                item.refetches += 1
+                item.seen_bytes = False
+                if item.refetches > MAX_REFETCH:
+                    self.fail(item, "evicted from the cache again and again before it could be "
+                                    "copied (is the cache shared with other readers?)")
+                else:
+                    self.request(item)
+                changed = True
+            elif item.cache == "absent" and item.job_status in (None, "Succeeded") \
+                    and time.monotonic() - item.quiet_since > REREQUEST_AFTER:
+                # Nothing moves: a request the mount lost, or a finished job whose download
+                # is not under way (evicted unseen). Asking again is harmless: it reuses the job.
+                self.request(item)
+                changed = True
+        return changed
+
+    def copy_one(self, item: Item) -> None:
+        def progress(n: int) -> None:
+            self.progress.in_file += n
+            self.progress.draw()
+        while True:
+            self.progress.in_file = 0
+            try:
+                copy_file(item, progress)
+            except ReadFailed as exc:
+                self.progress.in_file = 0
+                if item.retries >= MAX_RETRIES:
+                    self.fail(item, f"could not be copied: {exc}")
+                    return
+                item.retries += 1
+                self.refresh(item)
+                if item.cache == "cached":
+                    continue
+                self.request(item)   # evicted meanwhile: asked for again, copied when cached
+                return
+            except DestFull:
+                raise
+            except OSError as exc:
+                self.progress.in_file = 0
+                self.fail(item, f"cannot write {item.dest}: {exc.strerror or exc}")
+                return
+            break
+        self.progress.in_file = 0
+        self.progress.copied_bytes += item.size
+        item.state = DONE
+        self.progress.draw()
+
+    def request_more(self) -> bool:
+        """Request pending files, in order, while they fit; True if any was requested."""
+        pending = [i for i in self.items if i.state == PENDING]
+        self.progress.waiting = None
+        if not pending:
+            return False
+        tallies: dict[Path, Tally] = {}
+        for mount in {i.mount for i in pending}:
+            self.docs[mount] = status_doc(mount)
+            tallies[mount] = Tally()
+        for i in self.items:
+            if i.state == REQUESTED and i.mount in tallies:
+                tallies[i.mount].add(i)
+        asked = False
+        for item in pending:
+            tally = tallies[item.mount]
+            why = blocked(item, self.docs[item.mount], tally)
+            if why is None:
+                self.request(item)
+                if item.state == REQUESTED:
+                    tally.add(item)
+                asked = True
+                continue
+            if why.startswith("!"):
+                self.fail(item, why[1:])
+                continue
+            self.progress.waiting = why
+            break
+        return asked
+
+    def run(self) -> None:
+        while any(i.state in (PENDING, REQUESTED) for i in self.items):
+            changed = self.copy_ready()
+            changed |= self.request_more()
+            self.progress.draw()
+            requested = [i for i in self.items if i.state == REQUESTED]
+            if changed or any(i.cache == "partial" for i in requested):
+                interval = POLL_MIN
+            else:
+                waited = time.monotonic() - min((i.requested_at for i in requested),
+                                                default=time.monotonic())
+                interval = min(max(waited * POLL_FRACTION, POLL_MIN), POLL_MAX)
+            if any(i.state in (PENDING, REQUESTED) for i in self.items):
+                time.sleep(interval)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def classify(items: list[Item]) -> None:
+    """Initial states: verified in DEST → skipped; cached or already under way → requested
+    (counted against the room at once); the rest pending, with whether it needs a new job."""
+    for item in items:
+        if copyplan.verified_in_dest(item):
+            item.state = SKIPPED
+            with contextlib.suppress(OSError):
+                os.unlink(item.temp)   # a leftover of a killed run
+        elif item.size == 0 or item.cache in ("cached", "partial") \
+                or item.job_status in ("InProgress", "Queued"):
+            item.state = REQUESTED
+            item.requested_at = item.quiet_since = time.monotonic()
+            item.needs_job = item.job_status is None and item.cache == "absent"
+        else:
+            item.state = PENDING
+            item.needs_job = item.job_status in (None, "Failed")
+
+
+def money(amount: float) -> str:
+    return f"{amount:.2f}" if amount >= 1 or amount == 0 else f"{amount:.4f}"
+
+
+def dry_run(items: list[Item], tier: str | None, prices: dict) -> int:  # type: ignore[type-arg]
+    docs: dict[Path, dict] = {}  # type: ignore[type-arg]
+    jobs: dict[str, tuple[int, int]] = {}
+    counts = {"up to date": [0, 0], "cached": [0, 0], "in progress": [0, 0],
+              "download": [0, 0]}
+    for item in items:
+        if item.mount not in docs:
+            docs[item.mount] = status_doc(item.mount)
+        if item.state == SKIPPED:
+            what = "up to date"
+        elif item.size == 0 or item.cache == "cached":
+            what = "cached"
+        elif item.job_status in ("InProgress", "Queued") or item.cache == "partial":
+            what = "in progress"
+        elif item.needs_job:
+            t = tier or str(docs[item.mount].get("limits", {}).get("tier") or "Standard")
+            what = f"new {t} job"
+            n, b = jobs.get(t, (0, 0))
+            jobs[t] = (n + 1, b + item.size)
+        else:
+            what = "download (job done)"
+        key = what if what in counts else "download"
+        counts[key][0] += 1
+        counts[key][1] += item.size
+        print(f"{item.src} -> {item.dest}  {human(item.size)}  {what}")
+    total = sum(i.size for i in items)
+    to_fetch = counts["in progress"][1] + counts["download"][1]
+    print(f"{len(items)} files, {human(total)}: {counts['up to date'][0]} already in DEST "
+          f"({human(counts['up to date'][1])}), {counts['cached'][0]} cached "
+          f"({human(counts['cached'][1])}), {counts['in progress'][0]} in progress "
+          f"({human(counts['in progress'][1])}), {counts['download'][0]} to retrieve "
+          f"({human(counts['download'][1])})")
+    if jobs:
+        print("jobs to start: " + ", ".join(f"{t} {n} ({human(b)})"
+                                             for t, (n, b) in sorted(jobs.items())))
+    else:
+        print("jobs to start: none")
+    est = pricing.estimate(prices, jobs, to_fetch)
+    print(f"estimated cost ({est.region} prices, {est.currency}): retrieval "
+          f"{money(est.retrieval)}, data transfer out {money(est.transfer)}, total "
+          f"{money(est.total)} "
+          f"(list prices; override with --price-file or ${pricing.PRICE_FILE_ENV})")
+    for mount, doc in docs.items():
+        limit = int(doc.get("cache", {}).get("limit") or 0)
+        room = limit - reserve(limit)
+        mine = sum(i.size for i in items if i.mount == mount and i.state != SKIPPED
+                   and i.cache != "cached")
+        if limit and mine:
+            print(f"cache of {mount}: {human(limit)}; about {max(1, -(-mine // max(room, 1)))} "
+                  "round(s) of retrievals")
+    return EXIT_OK
+
+
+def summary(items: list[Item], progress: Progress, interrupted: bool) -> str:
+    n, total = progress.total()
+    done = [i for i in items if i.state == DONE]
+    skipped = [i for i in items if i.state == SKIPPED]
+    failed = [i for i in items if i.state == FAILED]
+    elapsed = time.monotonic() - progress.started
+    ok_bytes = sum(i.size for i in done + skipped)
+    if interrupted:
+        return (f"interrupted: {len(done) + len(skipped)} of {n} files in DEST "
+                f"({human(ok_bytes)} of {human(total)}); run the same command again to resume")
+    rate = progress.copied_bytes / elapsed if elapsed > 0 else 0
+    return (f"copied {len(done)} files ({human(progress.copied_bytes)}) in {duration(elapsed)}"
+            f" ({human(rate)}/s); {len(skipped)} already up to date; {len(failed)} failed")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_copy(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="glacierfs copy",
+        usage="glacierfs copy [-h] [-r] [--tier T] [--dry-run] [--price-file FILE] SRC... DEST",
+        description="Copy files or trees out of a glacierfs mount into a local directory "
+                    "(like cp -r), through a cache of any size: retrievals are requested in "
+                    "batches that fit the cache, each file is copied as soon as it is cached "
+                    "and verified against its tree hash. Run it again to resume.")
+    p.add_argument("paths", nargs="+", metavar="SRC... DEST",
+                   help="files or directories on a glacierfs mount, then where to copy them")
+    p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    p.add_argument("--tier", choices=TIERS, metavar="T",
+                   help="tier of new jobs: Expedited, Standard or Bulk (default: the mount's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="start nothing; show files, bytes, jobs and an estimated cost")
+    p.add_argument("--price-file", metavar="FILE", help="JSON overriding the built-in price table (also "
+                                        f"${pricing.PRICE_FILE_ENV})")
+    args = p.parse_args(argv)
+    if len(args.paths) < 2:
+        p.error("give at least one SRC and a DEST")
+    try:
+        prices = pricing.load_prices(args.price_file) if args.dry_run or args.price_file \
+            else None
+        items, dirs = copyplan.build(args.paths[:-1], args.paths[-1], args.recursive)
+        classify(items)
+    except (PlanError, pricing.PriceError) as exc:
+        print(f"glacierfs copy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted while listing the files: nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.dry_run:
+        assert prices is not None
+        return dry_run(items, args.tier, prices)
+    progress = Progress(items, sys.stderr.isatty())
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        Copier(items, args.tier, progress).run()
+    except KeyboardInterrupt:
+        progress.clear()
+        print(summary(items, progress, interrupted=True), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DestFull as exc:
+        progress.clear()
+        print(f"glacierfs copy: stopped: {exc}", file=sys.stderr)
+        print(summary(items, progress, interrupted=False))
+        return EXIT_FAILED
+    except OSError as exc:
+        progress.clear()
+        print(f"glacierfs copy: stopped: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress.clear()
+    failed = [i for i in items if i.state == FAILED]
+    print(summary(items, progress, interrupted=False))
+    for item in failed:
+        print(f"glacierfs copy: failed: {item.src}: {item.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,206 @@
+"""What ``glacierfs copy`` has to do: SRC and DEST resolved ``cp -r`` style into a list of
+files (mount path → local path) with what the mount says about each, and which of them are
+already complete and verified in DEST.
+
+Only reads: ``stat``, ``os.walk`` and ``user.glacier.*`` xattrs of the mount (no read of file
+data, so building a plan never starts a retrieval), and ``stat``/xattrs of DEST.
+
+"Already verified in DEST" is decided cheaply and safely: the copier writes
+``user.glacierfs.tree_hash`` on a file only after the tree hash computed while writing it
+equalled the archive's, and sets it before the rename that gives the file its real name, so
+its presence (with the size and the uploader's mtime unchanged) means a complete, verified
+copy. Where the attribute is missing (a file copied by another tool, or a DEST filesystem
+without user xattrs) but size and mtime match, the local file's tree hash is recomputed: a local
+read costs far less than a paid download, and is never wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from glacierfs import treehash
+
+DEST_XATTR = "user.glacierfs.tree_hash"   # on copied files: the verified archive tree hash
+BY_ID_DIR = ".by-id"
+VAULT_XATTR = "user.glacier.vault_arn"    # marks a vault directory (its .by-id is skipped)
+STATUS_XATTR = "user.glacier.status"
+TEMP_SUFFIX = ".glacierfs-part"
+NAME_MAX = 255
+# Timestamps on some DEST filesystems are coarse (FAT: 2 s); within this an mtime is unchanged.
+MTIME_SLACK_NS = 2_000_000_000
+
+# Item states.
+PENDING, REQUESTED, DONE, SKIPPED, FAILED = "pending", "requested", "done", "skipped", "failed"
+
+
+class PlanError(Exception):
+    """SRC/DEST that cannot be copied; one line for the user, nothing started."""
+
+
+def xattr(path: Path | str, name: str) -> str | None:
+    try:
+        return os.getxattr(path, name).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+@dataclass
+class Item:
+    """One file to copy, and where the copy of it stands."""
+    src: Path
+    dest: Path
+    mount: Path
+    size: int
+    mtime_ns: int
+    tree_hash: str
+    cache: str               # user.glacier.cache when last looked at
+    job_status: str | None   # user.glacier.job.status when last looked at
+    state: str = PENDING
+    needs_job: bool = True   # requesting it starts a paid job (no usable one exists)
+    error: str | None = None
+    retries: int = 0         # failed reads or verifications so far
+    refetches: int = 0       # times it was asked for again (evicted before it was copied…)
+    requested_at: float = 0.0   # time.monotonic() of our last request
+    quiet_since: float = 0.0    # … and of the last change seen in its cache or job state
+    seen_bytes: bool = False   # some of it was seen in the cache since it was requested
+    stale_job_id: str | None = None   # a Failed job replaced by our request: not ours to report
+
+    @property
+    def temp(self) -> Path:
+        return temp_path(self.dest)
+
+
+def temp_path(dest: Path) -> Path:
+    """The fixed temporary name a copy is written under, in DEST's directory: fixed, so a
+    leftover from a killed run is overwritten (or removed) by the next one."""
+    name = f".{dest.name}{TEMP_SUFFIX}"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        digest = hashlib.sha256(dest.name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        name = f".{digest}{TEMP_SUFFIX}"
+    return dest.with_name(name)
+
+
+def mount_root(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _item(src: Path, dest: Path, mount: Path) -> Item:
+    size = xattr(src, "user.glacier.size")
+    tree_hash = xattr(src, "user.glacier.tree_hash")
+    if size is None or tree_hash is None:
+        raise PlanError(f"{src}: not a file on a glacierfs mount")
+    st = os.stat(src)
+    cache = xattr(src, "user.glacier.cache") or "absent"
+    job = xattr(src, "user.glacier.job.status")
+    return Item(src=src, dest=dest, mount=mount, size=int(size), mtime_ns=st.st_mtime_ns,
+                tree_hash=tree_hash, cache=cache, job_status=job)
+
+
+def _walk(src: Path, dest: Path, mount: Path, items: list[Item], dirs: list[Path]) -> None:
+    dirs.append(dest)
+    for root, subdirs, files in os.walk(src):
+        rootp = Path(root)
+        if xattr(rootp, VAULT_XATTR) is not None:
+            if xattr(rootp, "user.glacier.inventory.date") is None:
+                # The vault lists as empty until its inventory is in: copying "nothing" and
+                # exiting 0 would look like success.
+                why = xattr(rootp, "user.glacier.inventory.message") or \
+                    f"inventory {xattr(rootp, 'user.glacier.inventory.job.status') or 'None'}"
+                raise PlanError(f"{rootp}: the vault's inventory is not in yet ({why}); "
+                                "run again once it lists")
+            if BY_ID_DIR in subdirs:
+                subdirs.remove(BY_ID_DIR)   # every archive is already under its name
+        subdirs.sort()
+        rel = rootp.relative_to(src)
+        for d in subdirs:
+            dirs.append(dest / rel / d)
+        for name in sorted(files):
+            items.append(_item(rootp / name, dest / rel / name, mount))
+
+
+def build(sources: list[str], dest_text: str, recursive: bool) -> tuple[list[Item], list[Path]]:
+    """(files, directories to create), in copy order. Raises PlanError on bad input.
+
+    Like ``cp -r``, except that a directory SRC always lands in DEST/NAME, DEST being created
+    when missing (``cp`` would make DEST itself the copy the first time and DEST/NAME the next):
+    the same command run again must name the same files, or a resumed copy would start over.
+    A single file SRC follows ``cp``: into DEST/NAME if DEST is a directory, else to DEST.
+    """
+    dest = Path(dest_text)
+    if dest.exists() and not dest.is_dir() and len(sources) > 1:
+        raise PlanError(f"target {dest} is not a directory")
+    dest_is_dir = dest.is_dir() or len(sources) > 1
+    mounts: dict[Path, bool] = {}
+    items: list[Item] = []
+    dirs: list[Path] = []
+    for text in sources:
+        src = Path(text)
+        try:
+            st = os.stat(src)
+        except OSError as exc:
+            raise PlanError(f"{src}: {exc.strerror}") from None
+        mount = mount_root(src)
+        if mount not in mounts:
+            mounts[mount] = xattr(mount, STATUS_XATTR) is not None
+        if not mounts[mount]:
+            raise PlanError(f"{src}: not on a live glacierfs mount")
+        name = Path(os.path.abspath(src)).name
+        if stat.S_ISDIR(st.st_mode):
+            if not recursive:
+                raise PlanError(f"{src} is a directory (use -r)")
+            if dest.exists() and not dest.is_dir():
+                raise PlanError(f"target {dest} is not a directory")
+            target = dest / name
+            if target.exists() and not target.is_dir():
+                raise PlanError(f"cannot overwrite non-directory {target} with directory {src}")
+            _walk(src, target, mount, items, dirs)
+        else:
+            items.append(_item(src, dest / name if dest_is_dir else dest, mount))
+    dest_mount = mount_root(dest if dest.exists() else dest.parent)
+    if dest_mount in mounts:
+        raise PlanError(f"{dest} is on the glacierfs mount {dest_mount} (it is read-only)")
+    seen: set[Path] = set()
+    for it in items:
+        if it.dest in seen:
+            raise PlanError(f"two sources would be copied to {it.dest}")
+        seen.add(it.dest)
+    return items, dirs
+
+
+def verified_in_dest(item: Item) -> bool:
+    """Is DEST already a complete, verified copy of the archive? (See the module docstring.)"""
+    try:
+        st = os.stat(item.dest)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != item.size \
+            or abs(st.st_mtime_ns - item.mtime_ns) >= MTIME_SLACK_NS:
+        return False
+    if xattr(item.dest, DEST_XATTR) == item.tree_hash:
+        return True
+    try:
+        if treehash.tree_hash_file(item.dest).hex() != item.tree_hash:
+            return False
+    except OSError:
+        return False
+    mark_verified(item.dest, item.tree_hash)
+    return True
+
+
+def mark_verified(target: Path | int, tree_hash: str) -> None:
+    """Record the verified tree hash on a DEST file (by path or descriptor); a filesystem
+    without user xattrs is fine (the next run recomputes the hash instead)."""
+    try:
+        os.setxattr(target, DEST_XATTR, tree_hash.encode())
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENOSPC,
+                             errno.E2BIG):
+            raise
