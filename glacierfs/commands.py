@@ -8,6 +8,7 @@ so they work for any user who can see the mount and with any mount option, ``ro`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -64,6 +65,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def seconds(text: str) -> float:
+    """An argparse type for --timeout: a number of seconds, not negative (nor nan/inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more seconds")
+    return value
+
+
 def _bar(done: int, total: int, width: int = 24) -> str:
     frac = 1.0 if total <= 0 else min(done / total, 1.0)
     filled = int(frac * width)
@@ -83,17 +95,38 @@ def cmd_status(argv: list[str]) -> int:
     if not mounts:
         raise CommandError("no glacierfs mount found (give the mount point)")
     docs = {}
+    dead = []
     for mnt in mounts:
         raw = _xattr(mnt, STATUS_XATTR)
+        if raw is None and args.mountpoint:
+            inside = [m for m in glacierfs_mounts() if _is_under(mnt, m)]
+            if inside:   # a directory in a mount: status belongs to the mount point
+                mnt = max(inside, key=lambda m: len(str(m)))
+                raw = _xattr(mnt, STATUS_XATTR)
         if raw is None:
-            raise CommandError(f"{mnt} is not a live glacierfs mount")
+            dead.append(mnt)
+            continue
         docs[str(mnt)] = json.loads(raw)
+    for mnt in dead:   # one dead mount must not hide the live ones
+        print(f"glacierfs status: {_not_live(mnt)}", file=sys.stderr)
+    if not docs:
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(docs if len(docs) > 1 else next(iter(docs.values())), indent=2))
-        return EXIT_OK
+        return EXIT_FAILED if dead else EXIT_OK
     for mnt, doc in docs.items():
         print(render_status(mnt, doc))
-    return EXIT_OK
+    return EXIT_FAILED if dead else EXIT_OK
+
+
+def _not_live(mnt: Path) -> str:
+    try:
+        os.statvfs(mnt)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return (f"{mnt}: Transport endpoint is not connected (its glacierfs process "
+                    f"died: fusermount3 -u {mnt}, then mount again)")
+    return f"{mnt} is not a live glacierfs mount"
 
 
 def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
@@ -297,10 +330,15 @@ def cmd_wait(argv: list[str]) -> int:
                                             "waits for cache room only a reader can free.")
     p.add_argument("paths", nargs="+")
     p.add_argument("-r", "--recursive", action="store_true")
-    p.add_argument("--timeout", type=float, default=None, help="seconds (default: no limit)")
+    p.add_argument("--timeout", type=seconds, default=None, help="seconds (default: no limit)")
     p.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     files = list(iter_files(args.paths, args.recursive))
+    outside = [f for f in files if file_state(f) is None]
+    for path in outside:
+        print(f"glacierfs wait: {path}: not a file on a glacierfs mount", file=sys.stderr)
+    if outside:   # never "100% 0/0 files" and exit 0 for files nothing will ever fetch
+        return EXIT_FAILED
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     tty = sys.stderr.isatty()
     stuck_since: float | None = None
@@ -349,6 +387,8 @@ def cmd_wait(argv: list[str]) -> int:
                   "held by restored files not yet read: read or copy the cached ones "
                   "(glacierfs copy does both), or raise cache_size", file=sys.stderr)
         return EXIT_STUCK
+    print(f"glacierfs wait: {len(states) - ready} of {len(states)} files not cached after "
+          f"{args.timeout:g} s; their retrievals go on (run wait again)", file=sys.stderr)
     return EXIT_TIMEOUT
 
 

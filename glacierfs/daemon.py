@@ -126,6 +126,13 @@ def main(argv: list[str]) -> int:
             prepare_state_dir(opts.state_dir)
         except (StateDirError, OSError) as exc:
             raise MountError(f"cache dir: {exc}") from None
+        from glacierfs import statelock
+        try:
+            statelock.acquire(opts.state_dir, mountpoint)
+        except statelock.StateInUse as exc:
+            raise MountError(str(exc)) from None
+        except OSError as exc:
+            raise MountError(f"cache dir {opts.state_dir}: {exc.strerror}") from None
     except (OptionError, MountError) as exc:
         print(f"glacierfs: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, OptionError) else EXIT_FAIL

@@ -111,9 +111,9 @@ def demo_archives() -> dict[str, list[tuple[str, int]]]:
 
 # --- orchestration ---------------------------------------------------------------------------
 
-def _wait_http(url: str, timeout: float) -> bool:
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             with urllib.request.urlopen(url + "/_sim/stats", timeout=2):
                 return True
@@ -164,6 +164,14 @@ def prepare_s3(s3_url: str) -> bool:
     return True
 
 
+def _last_line(path: str) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"
+
+
 def start_emulator(data_dir: Path, port: int, s3_port: int | None = None) -> str:
     url = f"http://127.0.0.1:{port}"
     if _wait_http(url, 0.5):
@@ -180,8 +188,13 @@ def start_emulator(data_dir: Path, port: int, s3_port: int | None = None) -> str
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
-    if not _wait_http(url, 30):
-        raise SystemExit(f"glacierfs demo: the emulator did not start; see {data_dir}/emulator.log")
+    if not _wait_http(url, 30, proc):
+        if proc.poll() is None:   # up but not answering: never leave it running behind
+            proc.kill()
+        proc.wait()
+        (data_dir / PID_FILE).unlink(missing_ok=True)
+        raise SystemExit(f"glacierfs demo: the emulator did not start: {_last_line(log.name)} "
+                         f"(see {log.name})")
     print(f"emulator running at {url} (state in {data_dir}/glacier)")
     return url
 
@@ -286,10 +299,18 @@ def wait_for_inventories(mountpoint: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="glacierfs demo", description=__doc__)
-    p.add_argument("--mountpoint", default=DEFAULT_MOUNT)
-    p.add_argument("--data-dir", default=DEFAULT_DATA)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p = argparse.ArgumentParser(
+        prog="glacierfs demo",
+        description="Start the Glacier emulator with sample vaults (and a local S3 for select "
+                    "results), mount it and print what to try. Running it again reuses what "
+                    "is there.",
+        epilog=f"stop it: umount MOUNTPOINT; kill $(cat DATA_DIR/{PID_FILE})")
+    p.add_argument("--mountpoint", default=DEFAULT_MOUNT, help=f"default: {DEFAULT_MOUNT}")
+    p.add_argument("--data-dir", default=DEFAULT_DATA,
+                   help=f"the emulator's state, log and pid file, and the cache (default: "
+                        f"{DEFAULT_DATA})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"the emulator's port (default: {DEFAULT_PORT})")
     p.add_argument("--s3-port", type=int, default=None,
                    help="port of the local S3 for select results (default: --port + 1)")
     args = p.parse_args(argv)

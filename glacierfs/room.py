@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from glacierfs.commands import human
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.store import Store
 
@@ -96,11 +97,13 @@ class CacheRoom:
         if size > self.capacity:
             if held == 0:
                 return None
-            return (f"{ROOM_REASON}: larger than the cache ({size} of {self.capacity} bytes); "
-                    f"starts once the {held} bytes held for restored files are read")
+            return (f"{ROOM_REASON}: larger than the cache ({human(size)} of "
+                    f"{human(self.capacity)}); starts once the {human(held)} held for restored "
+                    "files are read")
         if held + size > self.capacity:
-            return (f"{ROOM_REASON}: {held} of {self.capacity} bytes are held for restored "
-                    "files not yet read; read or copy them (glacierfs copy), or raise cache_size")
+            return (f"{ROOM_REASON}: {human(held)} of {human(self.capacity)} are held for "
+                    "restored files not yet read; read or copy them (glacierfs copy), or raise "
+                    "cache_size")
         return None
 
     # --- changes ---------------------------------------------------------------------------

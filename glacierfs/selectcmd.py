@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from glacierfs.commands import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, CommandError, _xattr
-from glacierfs.commands import STATUS_XATTR, glacierfs_mounts
+from glacierfs.commands import STATUS_XATTR, glacierfs_mounts, seconds
 from glacierfs.selectspec import (HEADER_MODES, SELECT_JOBS_XATTR, SELECT_XATTR, TIERS,
                                   SelectRequest, SpecError, parse_s3_url)
 
@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", choices=TIERS, help="default: the mount's tier")
     p.add_argument("--header", choices=HEADER_MODES, default="none",
                    help="the first line: use (column names), ignore, none (a record; default)")
-    p.add_argument("--delimiter", default=",", help="field delimiter (default ,; \\t for tab)")
+    p.add_argument("--delimiter", default=",", help="field delimiter: one printable ASCII character (default ,; Glacier takes no tab)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, then write the rows (CSV) to stdout")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=seconds, default=None,
                    help="seconds --wait waits at most (default: no limit)")
     return p
 
@@ -78,6 +78,8 @@ def _job(path: Path, key: str) -> dict | None:
 def cmd_select(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     path = Path(args.path)
+    if not path.exists():
+        raise CommandError(f"{path}: no such file")
     if path.is_dir():
         raise CommandError(f"{path} is a directory; select works on one archive")
     archive_id = _xattr(path, "user.glacier.archive_id")
@@ -163,7 +165,9 @@ def _write_rows(job: dict, doc: dict) -> int:
         parts = _reader(job, doc).results(path)
         if parts is None:
             raise CommandError(f"the job succeeded but s3://{job['bucket']}/{path}"
-                               "result_manifest.txt is missing (deleted?)")
+                               "result_manifest.txt is missing (deleted, or that S3 lost it); "
+                               "the same --output reuses this job, so to run the query again "
+                               "(a new job, paid again) give another --output prefix")
         out = sys.stdout.buffer
         for data in parts:
             out.write(data)

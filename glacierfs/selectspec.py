@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,10 +66,14 @@ class SelectRequest:
         if header_s not in HEADER_MODES:
             raise SpecError(f"header {header}: expected use, ignore or none")
         delim = str(delimiter)
-        if delim == "\\t":
-            delim = "\t"
+        if delim in ("\\t", "\t"):
+            raise SpecError("delimiter tab: Glacier Select takes no tab (only a printable ASCII "
+                            "character, a newline or a carriage return)")
         if len(delim) != 1:
             raise SpecError(f"delimiter {delimiter!r}: one character expected")
+        if delim not in ("\n", "\r") and not 32 <= ord(delim) <= 126:
+            raise SpecError(f"delimiter {delimiter!r}: Glacier Select takes only a printable "
+                            "ASCII character, a newline or a carriage return")
         return cls(query=query.strip(), bucket=bucket, prefix=prefix, tier=tier_s,
                    header=header_s, delimiter=delim)
 
@@ -93,6 +98,12 @@ class SelectRequest:
         return job_key(vault, archive_id, self.select_parameters(), self.output_location())
 
 
+# What S3 clients accept as a bucket name (botocore's check; legacy us-east-1 buckets may have
+# capitals and '_', so no stricter): anything else never reaches S3, and Glacier would only
+# find out when the job writes its output.
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://BUCKET/PREFIX`` → (bucket, prefix without a trailing slash)."""
     if not url.startswith("s3://"):
@@ -100,6 +111,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, prefix = url[5:].partition("/")
     if not bucket:
         raise SpecError(f"--output {url}: no bucket name")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise SpecError(f"--output {url}: {bucket!r} is not an S3 bucket name (letters, "
+                        "digits, '.', '-', '_')")
     prefix = prefix.rstrip("/")
     if not prefix:
         raise SpecError(f"--output {url}: a prefix is needed (s3://{bucket}/PREFIX)")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from glacierfs import glacier
 from glacierfs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
+from glacierfs.options import is_loopback_url
 
 if TYPE_CHECKING:
     from glacierfs.namespace import Namespace
@@ -33,6 +34,18 @@ def observed_durations(records: Iterable[JobRecord]) -> dict[str, float]:
         if rec.state == SUCCEEDED and start and end and end >= start:
             by_tier.setdefault(rec.tier, []).append((end - start).total_seconds())
     return {tier: statistics.median(values) for tier, values in by_tier.items()}
+
+
+def expected_duration(tier: str, observed: dict[str, float],
+                      endpoint_url: str | None) -> float | None:
+    """Seconds a job of ``tier`` is expected to take: this account's observed median, else
+    Glacier's typical time, except against a loopback endpoint (an emulator, whose delays are
+    its own: an AWS estimate of hours there would mislead), where it is unknown (None)."""
+    if tier in observed:
+        return observed[tier]
+    if is_loopback_url(endpoint_url):
+        return None
+    return TYPICAL_DURATION.get(tier, 4 * 3600)
 
 
 def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
@@ -66,7 +79,8 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
         started = rec.initiated_at or rec.requested_at
         expected = None
         if rec.state in (IN_PROGRESS, INITIATING):
-            expected = started + observed.get(rec.tier, TYPICAL_DURATION.get(rec.tier, 4 * 3600))
+            duration = expected_duration(rec.tier, observed, options.endpoint_url)
+            expected = None if duration is None else started + duration
         jobs.append({
             "path": ns.path_of(entry) if entry else None,
             "archive_id": rec.archive_id,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 
 import pytest
 from e2e_util import (getfattr_all, initiated, listing, ok, run, start_emulator, text,
                       wait_listed)
+from mount_support import wait_for
 
 from glacierfs.demo import fastglacier, mt2
 
@@ -106,3 +108,48 @@ def test_wait_without_restore_fails(mnt):
     assert "glacierfs restore" in proc.stderr
     proc = glacierfs("restore", mnt / VAULT / "album")
     assert proc.returncode != 0 and "-r" in proc.stderr
+
+
+def test_wait_on_files_outside_a_mount_fails(mnt, tmp_path):
+    """Nothing will ever fetch a file that is not on a glacierfs mount: wait must not report
+    "100% 0/0 files" and exit 0 for it."""
+    local = tmp_path / "local.txt"
+    local.write_text("not in Glacier\n")
+    proc = glacierfs("wait", local, "--timeout", "5")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert f"{local}: not a file on a glacierfs mount" in proc.stderr
+    proc = glacierfs("wait", "-r", tmp_path, mnt / VAULT / "other.txt", "--timeout", "5")
+    assert proc.returncode == 1 and "not a file on a glacierfs mount" in proc.stderr
+
+
+def test_wait_says_why_it_stopped_on_timeout(emulator, mnt):
+    target = mnt / VAULT / "other.txt"
+    emulator.set_delays(Standard=60)
+    try:
+        ok(sys.executable, "-m", "glacierfs.cli", "restore", target)
+        proc = glacierfs("wait", target, "--timeout", "1")
+    finally:
+        emulator.set_delays(Standard=3)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "1 of 1 files not cached after 1 s" in proc.stderr
+
+
+def test_status_of_a_directory_in_the_mount_shows_the_mount(mnt, tmp_path):
+    proc = glacierfs("status", mnt / VAULT / "album")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith(f"glacierfs on {mnt.path}\n")
+    proc = glacierfs("status", tmp_path)
+    assert proc.returncode == 1 and "is not a live glacierfs mount" in proc.stderr
+
+
+def test_a_dead_mount_does_not_hide_the_live_ones(emulator, mnt, mounts):
+    dead = mounts(emulator.url, "dead")
+    os.kill(dead.pid, signal.SIGKILL)
+    wait_for(lambda: run("stat", "-f", dead.path).returncode != 0, 10, "the mount to die")
+    proc = glacierfs("status")
+    assert proc.returncode == 1
+    assert f"glacierfs on {mnt.path}\n" in proc.stdout.decode()   # the live one is shown
+    assert f"{dead.path}: Transport endpoint is not connected" in proc.stderr
+    assert f"fusermount3 -u {dead.path}" in proc.stderr and "Traceback" not in proc.stderr
+    proc = glacierfs("status", dead.path)
+    assert proc.returncode == 1 and "fusermount3 -u" in proc.stderr

@@ -4,12 +4,16 @@ emulator stopped all of that still works, and reading an uncached file fails fas
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 
 import pytest
 from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, listing, ok, read_when_ready, run,
                       start_emulator, text, wait_for, wait_listed)
+
+from mount_support import daemon_pids
 
 from glacierfs.demo import mt2
 
@@ -89,6 +93,39 @@ def test_remount_lists_at_once_and_serves_the_cache_without_new_jobs(emulator, f
     assert requests.get("InitiateJob", 0) == 0, requests
     assert requests.get("GetJobOutput", 0) == 0, requests
     assert requests.get("DescribeJob", 0) == 0, requests
+
+
+def test_a_second_live_mount_of_the_same_cache_dir_is_refused(emulator, first_mount, mounts,
+                                                              tmp_path):
+    """Two live mounts of one state would each pay for the same archive's job (each keeps its
+    own view of the job records): the second is refused, naming the first; once the first is
+    unmounted the same command mounts at once."""
+    cache = tmp_path / "shared-cache"
+    one = mounts(emulator.url, "one", cache_dir=cache)
+    wait_listed(one / VAULT, {"cached.bin", "uncached.bin", "dir"})
+    second = tmp_path / "two"
+    second.mkdir()
+    command = [sys.executable, "-m", "glacierfs.cli", "us-east-1", second, "-o",
+               f"endpoint_url={emulator.url},cache_dir={cache},poll=1"]
+    before = emulator.stats()["requests"].get("InitiateJob", 0)
+    try:
+        proc = run(*command)
+        assert proc.returncode == 1, proc.stderr
+        assert f"is in use by the glacierfs mount on {one.path}" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert not os.path.ismount(second)
+        proc = run("cat", one / VAULT / "uncached.bin")
+        assert proc.returncode == 1 and NOT_READY_TEXT in proc.stderr
+        one.unmount()
+        proc = run(*command)
+        assert proc.returncode == 0, proc.stderr
+        assert listing(second / VAULT) >= {"cached.bin", "uncached.bin", "dir"}
+        assert run("cat", second / VAULT / "uncached.bin").returncode == 1
+    finally:
+        if os.path.ismount(second):
+            run("umount", second)
+        wait_for(lambda: not daemon_pids(second), 20, "the second daemon to exit")
+    assert emulator.stats()["requests"].get("InitiateJob", 0) == before + 1
 
 
 def test_remount_with_the_emulator_stopped(emulator, first_mount, mounts):

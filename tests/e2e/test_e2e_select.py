@@ -197,3 +197,30 @@ def test_select_jobs_spend_the_budget(emulator, s3, mounts):
     wait_for(lambda: "budget" in (getfattr_one(roomy / VAULT / "other.bin",
                                                "user.glacier.job.status_message") or ""),
              timeout=20, what="the retrieval held by the budget the select spent")
+
+
+def test_a_missing_path_and_lost_results_say_what_to_do(emulator, s3, mounts):
+    mnt = mount(mounts, emulator, s3, "lost")
+    out = select(mnt / VAULT / "no-such.csv", "--query", QUERY, "--output", f"s3://{BUCKET}/x")
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"glacierfs select: {mnt / VAULT / 'no-such.csv'}: no such file"
+    path = mnt / VAULT / "sales.csv"
+    args = ("--query", QUERY, "--header", "use", "--tier", "Expedited", "--wait",
+            "--timeout", "90")
+    first = select(path, *args, "--output", f"s3://{BUCKET}/lost")
+    assert first.returncode == 0, first.stderr
+    # The results vanish from S3 (deleted, or an S3 that keeps them in memory restarted, as
+    # the demo's does): asking again must say how to get them, not just that they are gone.
+    client = s3.client()
+    for obj in client.list_objects_v2(Bucket=BUCKET, Prefix="lost/")["Contents"]:
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    before = initiated(emulator)
+    again = select(path, *args, "--output", f"s3://{BUCKET}/lost")
+    assert again.returncode == 1 and again.stdout == ""
+    assert "is missing" in again.stderr and "give another --output prefix" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert initiated(emulator) == before   # not paid again behind the user's back
+    fresh = select(path, *args, "--output", f"s3://{BUCKET}/lost-again")
+    assert fresh.returncode == 0, fresh.stderr
+    assert rows(fresh.stdout) == expected_rows()
+    assert initiated(emulator) == before + 1

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from botocore.exceptions import ClientError
@@ -380,6 +381,10 @@ SYNC_ERRORS = [
      "InvalidParameterValueException"),
     ("no such bucket", {"OutputLocation": {"S3": {"BucketName": "nobucket", "Prefix": "x"}}},
      "InvalidParameterValueException"),
+    # Not a 503 to retry for ever: a name no S3 can have is the caller's mistake.
+    ("impossible bucket name", {"OutputLocation": {"S3": {"BucketName": "Bad_Bucket!",
+                                                          "Prefix": "x"}}},
+     "InvalidParameterValueException"),
     ("ranged", {"RetrievalByteRange": "0-1048575"}, "InvalidParameterValueException"),
     ("tier", {"Tier": "Fast"}, "InvalidParameterValueException"),
     ("no archive id", {"ArchiveId": None}, "MissingParameterValueException"),
@@ -470,3 +475,20 @@ def test_without_s3_endpoint_select_is_refused(tmp_path):
             client.initiate_job(vaultName=VAULT, jobParameters=_params(archive))
         assert code(exc) == ("InvalidParameterValueException", 400)
         assert "--s3-endpoint" in str(exc.value)
+
+
+def test_local_s3_on_a_busy_port_fails_at_once(tmp_path):
+    """--local-s3 on a port another program holds: one line and exit 2, not an emulator that
+    hangs for ever without serving Glacier (moto's server thread dies, its start() waits)."""
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "glacierfs.cli", "sim", "--port", "0",
+                               "--data-dir", str(tmp_path / "data"), "--local-s3", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert f"cannot start the local S3 on port {port}: " in proc.stderr
+    assert f"port {port} is in use" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -57,7 +57,9 @@ def test_status_json_shows_a_retrieval(mounts: Mounts, tmp_path: Path) -> None:
     assert abs(doc["cache"]["disk_free"] - free.f_bavail * free.f_frsize) < 64 * 1024 ** 2
     assert doc["cache"]["unsaved_job_changes"] == 0
     text = _shell(f"glacierfs status {mnt}", mounts, tmp_path).stdout
-    assert "Bulk" in text and "expected in" in text and VAULT in text
+    assert "Bulk" in text and VAULT in text
+    # No Bulk job has finished on this emulator yet: no AWS estimate of hours for its seconds.
+    assert "expected in" not in text
     assert "free on its disk" in text and "not yet saved" not in text
     wait = _shell(f"glacierfs wait {target} --timeout 1", mounts, tmp_path)
     assert wait.returncode == 3            # timed out, still running

@@ -39,8 +39,8 @@ def test_the_tier_does_not_change_the_key_but_the_archive_does():
 
 
 def test_json_round_trip_and_validation():
-    req = request(delimiter="\\t")
-    assert req.delimiter == "\t"
+    req = request(delimiter="|")
+    assert req.delimiter == "|"
     assert SelectRequest.from_json(req.to_json()) == req
     for bad in ({"query": " "}, {"tier": "Fast"}, {"header": "first"}, {"delimiter": ";;"}):
         with pytest.raises(SpecError):
@@ -58,3 +58,19 @@ def test_s3_urls(url, want):
 def test_bad_s3_urls(url):
     with pytest.raises(SpecError):
         parse_s3_url(url)
+
+
+@pytest.mark.parametrize("delimiter", ["\\t", "\t", "\x1f", "é", "\x7f"])
+def test_delimiters_glacier_refuses_are_refused_before_any_job(delimiter):
+    """Glacier's CSVInput.FieldDelimiter: a newline, a carriage return or ASCII 32-126; a tab
+    (what a TSV export would want) is refused by Glacier, so say so here, not after a job."""
+    with pytest.raises(SpecError, match="Glacier Select takes"):
+        request(delimiter=delimiter)
+    assert request(delimiter=" ").delimiter == " " and request(delimiter="~").delimiter == "~"
+
+
+@pytest.mark.parametrize("url", ["s3://Bad_Bucket!/x", "s3://a b/x", "s3://bücket/x"])
+def test_an_impossible_bucket_name_is_refused_before_any_job(url):
+    with pytest.raises(SpecError, match="is not an S3 bucket name"):
+        parse_s3_url(url)
+    assert parse_s3_url("s3://Legacy_Bucket.1/x") == ("Legacy_Bucket.1", "x")

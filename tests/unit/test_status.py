@@ -35,3 +35,13 @@ def test_status_text_warns_of_a_disk_that_fills_first_and_of_unsaved_state():
                              "unsaved_job_changes": 0})
     text = render_status("/mnt/glacier", roomy)
     assert "will fill" not in text and "not yet saved" not in text
+
+
+def test_no_aws_estimate_against_an_emulator_until_a_job_of_the_tier_finished():
+    from glacierfs.status import TYPICAL_DURATION, expected_duration
+    emulator, aws = "http://127.0.0.1:7380", None
+    assert expected_duration("Standard", {}, emulator) is None
+    assert expected_duration("Standard", {"Standard": 20.0}, emulator) == 20.0
+    assert expected_duration("Standard", {"Expedited": 5.0}, emulator) is None
+    assert expected_duration("Standard", {}, aws) == TYPICAL_DURATION["Standard"]
+    assert expected_duration("Bulk", {"Bulk": 30000.0}, aws) == 30000.0

@@ -96,7 +96,7 @@ class S3Writer:
             return self._client
 
     def put(self, target: Target, key: str, body: bytes, content_type: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         try:
             self.client().put_object(Bucket=target.bucket, Key=key, Body=body,
@@ -106,6 +106,9 @@ class S3Writer:
             message = exc.response.get("Error", {}).get("Message", "") or str(exc)
             raise S3WriteError(f"S3 refused s3://{target.bucket}/{key}: {code} {message}",
                                missing_bucket=code == "NoSuchBucket") from None
+        except ParamValidationError as exc:   # e.g. an impossible bucket name: never sent
+            raise S3WriteError(f"S3 refuses s3://{target.bucket}/{key}: "
+                               f"{str(exc).splitlines()[-1]}") from None
         except BotoCoreError as exc:
             raise S3WriteError(f"S3 at {self.endpoint_url} could not be reached: {exc}",
                                unreachable=True) from None
