@@ -62,7 +62,8 @@ REQUEST_WAIT = 5.0
 FULL_LISTING_EVERY = 10
 OUR_DESCRIPTION = "glacierfs"
 DOWNLOADED = "downloaded and verified"
-EVICTED = "downloaded and verified, since evicted from the cache; reading it retrieves it again"
+EVICTED = ("downloaded and verified, since evicted from the cache; a read downloads it again "
+           "(from the same job while Glacier keeps its output, else from a new job)")
 LAYOUT_MEMO = 4096           # chunk grids remembered (a few hundred bytes each)
 
 
@@ -406,6 +407,7 @@ class Retrieval(DownloadOutcome):
             rec.status_message = f"{rec.tier} capacity unavailable; started as {tier}"
         rec.tier = tier
         rec.creation_date = _utc_now_iso()
+        rec.completion_date = None   # an earlier job's, when this one replaces it
         rec.next_poll = time.time() + self._first_poll_delay(tier)
         self._save(rec)
         self.jobs.record_spend(rec.archive_id, rec.size)
@@ -599,12 +601,15 @@ class Retrieval(DownloadOutcome):
             nursery.start_soon(self._queue_loop)
 
     def _recover(self) -> None:
-        """After a restart: resume downloads; jobs caught mid-initiation are looked up."""
+        """After a restart: resume downloads; jobs caught mid-initiation are looked up.
+        An archive that was downloaded whole and evicted since stays evicted (a read brings it
+        back), unless the cache room holds it for a restore not yet read."""
         incomplete: dict[str, Entry | None] = {}   # per archive: its entry if chunks are missing
         for rec in list(self.records.values()):
             if rec.state == INITIATING:
                 rec.next_poll = time.time()
-            if rec.state == SUCCEEDED and rec.job_id:
+            if rec.state == SUCCEEDED and rec.job_id and (
+                    rec.status_message != DOWNLOADED or self.room.is_pinned(rec.archive_id)):
                 if rec.archive_id not in incomplete:
                     entry = self.entries.file_by_archive(rec.archive_id)
                     incomplete[rec.archive_id] = entry if entry is not None and \

@@ -119,6 +119,18 @@ def test_restore_twice_the_cache_waits_for_room_then_completes_once_read(
     wait = glacierfs("wait", "-r", mnt / VAULT, "--timeout", "60")
     assert wait.returncode == 4 and "since evicted" in wait.stderr, wait.stderr
 
+    # A remount does not download again what was read and evicted (nobody asked for it).
+    mnt.unmount()
+    outputs = emulator.stats()["requests"].get("GetJobOutput", 0)
+    again = mounts(emulator.url, "room-again", cache_dir=mnt.cache_dir, cache_size="40M",
+                   chunk_size="4M")
+    wait_listed(again / VAULT, {"set"})
+    time.sleep(4)
+    assert emulator.stats()["requests"].get("GetJobOutput", 0) == outputs
+    assert sorted(n for n in files
+                  if getfattr_all(again / VAULT / n)["user.glacier.cache"] == "cached") == \
+        sorted(set(files) - set(evicted))
+
 
 def test_a_reader_never_evicts_restored_unread_data(emulator, files, mounts):
     """A foreground read of another archive while pinned data fills the cache waits for room
