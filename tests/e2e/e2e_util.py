@@ -3,6 +3,7 @@ glacierfs (daemon mode, cleaned up with escalation so no mount or process is lef
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,18 @@ class Mounts:
         return problems
 
 
+
+
+@contextlib.contextmanager
+def running_emulator(base: Path, *args: str) -> Iterator[SimProcess]:
+    """An emulator for a fixture's lifetime (``with … as sim: yield sim``)."""
+    sim = start_emulator(base, *args)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def glacierfs_cli(*args: object, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+    """A ``glacierfs`` sub-command as a user runs it (never raises on a non-zero exit)."""
+    return run(sys.executable, "-m", "glacierfs.cli", *map(str, args), timeout=timeout)

@@ -10,8 +10,17 @@ import signal
 import sys
 
 import pytest
-from e2e_util import (getfattr_all, initiated, listing, ok, run, start_emulator, text,
-                      wait_listed)
+from e2e_util import (
+    getfattr_all,
+    glacierfs_cli,
+    initiated,
+    listing,
+    ok,
+    run,
+    running_emulator,
+    text,
+    wait_listed,
+)
 from mount_support import wait_for
 
 from glacierfs.demo import fastglacier, mt2
@@ -32,17 +41,10 @@ OTHER = RNG.randbytes(500)
 GLACIERFS = f"{sys.executable} -m glacierfs.cli"
 
 
-def glacierfs(*args: object, timeout: float = 120):
-    return run(sys.executable, "-m", "glacierfs.cli", *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=3")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=3") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def mnt(emulator, module_mounts):
 
 
 def status_json(mnt) -> dict:
-    proc = glacierfs("status", mnt.path, "--json")
+    proc = glacierfs_cli("status", mnt.path, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -66,7 +68,7 @@ def status_json(mnt) -> dict:
 def test_restore_wait_rsync_a_tree(emulator, mnt, tmp_path):
     album = mnt / VAULT / "album"
     before = initiated(emulator)
-    proc = glacierfs("restore", "-r", album)
+    proc = glacierfs_cli("restore", "-r", album)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().startswith(f"requested {len(ALBUM)} archives")
     assert initiated(emulator) - before == len(ALBUM)
@@ -103,10 +105,10 @@ def test_restore_wait_rsync_a_tree(emulator, mnt, tmp_path):
 
 
 def test_wait_without_restore_fails(mnt):
-    proc = glacierfs("wait", mnt / VAULT / "other.txt", "--timeout", "5")
+    proc = glacierfs_cli("wait", mnt / VAULT / "other.txt", "--timeout", "5")
     assert proc.returncode == 1
     assert "glacierfs restore" in proc.stderr
-    proc = glacierfs("restore", mnt / VAULT / "album")
+    proc = glacierfs_cli("restore", mnt / VAULT / "album")
     assert proc.returncode != 0 and "-r" in proc.stderr
 
 
@@ -115,10 +117,10 @@ def test_wait_on_files_outside_a_mount_fails(mnt, tmp_path):
     "100% 0/0 files" and exit 0 for it."""
     local = tmp_path / "local.txt"
     local.write_text("not in Glacier\n")
-    proc = glacierfs("wait", local, "--timeout", "5")
+    proc = glacierfs_cli("wait", local, "--timeout", "5")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert f"{local}: not a file on a glacierfs mount" in proc.stderr
-    proc = glacierfs("wait", "-r", tmp_path, mnt / VAULT / "other.txt", "--timeout", "5")
+    proc = glacierfs_cli("wait", "-r", tmp_path, mnt / VAULT / "other.txt", "--timeout", "5")
     assert proc.returncode == 1 and "not a file on a glacierfs mount" in proc.stderr
 
 
@@ -127,7 +129,7 @@ def test_wait_says_why_it_stopped_on_timeout(emulator, mnt):
     emulator.set_delays(Standard=60)
     try:
         ok(sys.executable, "-m", "glacierfs.cli", "restore", target)
-        proc = glacierfs("wait", target, "--timeout", "1")
+        proc = glacierfs_cli("wait", target, "--timeout", "1")
     finally:
         emulator.set_delays(Standard=3)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
@@ -135,10 +137,10 @@ def test_wait_says_why_it_stopped_on_timeout(emulator, mnt):
 
 
 def test_status_of_a_directory_in_the_mount_shows_the_mount(mnt, tmp_path):
-    proc = glacierfs("status", mnt / VAULT / "album")
+    proc = glacierfs_cli("status", mnt / VAULT / "album")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().startswith(f"glacierfs on {mnt.path}\n")
-    proc = glacierfs("status", tmp_path)
+    proc = glacierfs_cli("status", tmp_path)
     assert proc.returncode == 1 and "is not a live glacierfs mount" in proc.stderr
 
 
@@ -146,10 +148,10 @@ def test_a_dead_mount_does_not_hide_the_live_ones(emulator, mnt, mounts):
     dead = mounts(emulator.url, "dead")
     os.kill(dead.pid, signal.SIGKILL)
     wait_for(lambda: run("stat", "-f", dead.path).returncode != 0, 10, "the mount to die")
-    proc = glacierfs("status")
+    proc = glacierfs_cli("status")
     assert proc.returncode == 1
     assert f"glacierfs on {mnt.path}\n" in proc.stdout.decode()   # the live one is shown
     assert f"{dead.path}: Transport endpoint is not connected" in proc.stderr
     assert f"fusermount3 -u {dead.path}" in proc.stderr and "Traceback" not in proc.stderr
-    proc = glacierfs("status", dead.path)
+    proc = glacierfs_cli("status", dead.path)
     assert proc.returncode == 1 and "fusermount3 -u" in proc.stderr

@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from e2e_util import MIB, TOOL_ENV, archive_jobs, getfattr_one, run, start_emulator, wait_listed
+from e2e_util import MIB, TOOL_ENV, archive_jobs, getfattr_one, run, running_emulator, wait_listed
 
 from glacierfs.copyplan import DEST_XATTR, TEMP_SUFFIX
 from glacierfs.demo import fastglacier, mt2
@@ -51,11 +51,8 @@ def tree(seed: int, count: int = FILES, size: int = FILE_SIZE) -> dict[str, tupl
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=2")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=2") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 def upload_vault(emulator, module_mounts, vault: str, files: dict, **options):

@@ -14,8 +14,17 @@ import sys
 import time
 
 import pytest
-from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, getfattr_one, ok, run, start_emulator,
-                      wait_for, wait_listed)
+from e2e_util import (
+    MIB,
+    NOT_READY_TEXT,
+    getfattr_all,
+    getfattr_one,
+    ok,
+    run,
+    running_emulator,
+    wait_for,
+    wait_listed,
+)
 
 from glacierfs.treehash import tree_hash_hex
 
@@ -29,11 +38,8 @@ PART = 16 * MIB
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="module")

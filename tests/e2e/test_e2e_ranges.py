@@ -17,12 +17,21 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 import zipfile
 
 import pytest
-from e2e_util import (MIB, getfattr_one, ok, run, start_emulator, wait_for, wait_listed)
+from e2e_util import (
+    MIB,
+    getfattr_one,
+    glacierfs_cli,
+    ok,
+    run,
+    running_emulator,
+    start_emulator,
+    wait_for,
+    wait_listed,
+)
 
 from glacierfs.treehash import tree_hash_hex
 
@@ -89,17 +98,10 @@ def _ranges_xattr(path) -> dict:
     return json.loads(raw)
 
 
-def _glacierfs(*args: str, timeout: float = 120.0):
-    return run(sys.executable, "-m", "glacierfs.cli", *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,7 @@ def test_unzip_list_retrieves_at_most_two_windows(emulator, source, mnt):
     assert info["requested"] == len(jobs) and info["cached"] == len(jobs)
     assert info["range_size"] == WINDOW and not info["whole_requested"]
     assert getfattr_one(path, "user.glacier.cache") == "partial"
-    proc = _glacierfs("status", str(mnt.path))
+    proc = glacierfs_cli("status", str(mnt.path))
     assert proc.returncode == 0, proc.stderr
     status = proc.stdout.decode()
     assert "ranges of 32.0 MiB" in status and "backup.zip" in status
@@ -160,10 +162,10 @@ def test_unzip_p_of_one_member_retrieves_only_the_windows_it_spans(emulator, sou
 def test_whole_restore_completes_it_without_overlapping_jobs(emulator, source, mnt):
     data, _ = source
     path = mnt / VAULT / "backup.zip"
-    proc = _glacierfs("restore", str(path))
+    proc = glacierfs_cli("restore", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "requested 1 archives" in proc.stdout.decode()
-    proc = _glacierfs("wait", str(path), "--timeout", "180", timeout=200)
+    proc = glacierfs_cli("wait", str(path), "--timeout", "180", timeout=200)
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(emulator, VAULT)
     _assert_no_overlap(jobs)
@@ -192,7 +194,7 @@ def test_kill9_between_ranges_and_remount_lose_nothing_and_pay_nothing_twice(
              "count=65536", "status=none", timeout=120)
     assert got == data[offset:offset + 65536]
     emulator.set_delays(Standard=4)   # the rest still running when the daemon dies
-    proc = _glacierfs("restore", str(path))
+    proc = glacierfs_cli("restore", str(path))
     assert proc.returncode == 0, proc.stderr
     os.kill(mnt.pid, signal.SIGKILL)
     wait_for(lambda: run("stat", mnt.path).returncode != 0, 10, "the mount to be dead")
@@ -203,7 +205,7 @@ def test_kill9_between_ranges_and_remount_lose_nothing_and_pay_nothing_twice(
     path = again / "kill" / "disk.img"
     # Nothing verified was lost: the window read before the kill is still cached.
     assert int(getfattr_one(path, "user.glacier.cache.bytes") or 0) >= WINDOW
-    proc = _glacierfs("wait", str(path), "--timeout", "120", timeout=140)
+    proc = glacierfs_cli("wait", str(path), "--timeout", "120", timeout=140)
     assert proc.returncode == 0, proc.stderr + proc.stdout.decode()
     jobs = _jobs(emulator, "kill")
     _assert_no_overlap(jobs)
@@ -228,7 +230,7 @@ def test_archive_of_three_budgets_is_retrieved_over_three_days(mounts, tmp_path,
         mnt = mounts(sim.url, "paced", range_size="32M", budget="32M")
         path = mnt / "paced" / "paced.tar"
         wait_listed(mnt / "paced", {"paced.tar"})
-        proc = _glacierfs("restore", str(path))
+        proc = glacierfs_cli("restore", str(path))
         assert proc.returncode == 0, proc.stderr
         seen: set[tuple[int, int]] = set()   # jobs ever listed (a day later they expire)
         for day in range(1, 4):
@@ -242,7 +244,7 @@ def test_archive_of_three_budgets_is_retrieved_over_three_days(mounts, tmp_path,
                 assert info["queued"] == 3 - day, info
                 assert "budget" in (getfattr_one(path, "user.glacier.job.status_message")
                                     or "")
-                status = _glacierfs("status", str(mnt.path)).stdout.decode()
+                status = glacierfs_cli("status", str(mnt.path)).stdout.decode()
                 assert f"{3 - day} queued" in status
                 assert f"{3 - day} wait for the daily budget" in status
                 assert info["waiting_for_budget"] == 3 - day

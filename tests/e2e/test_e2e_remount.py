@@ -10,9 +10,19 @@ import sys
 import time
 
 import pytest
-from e2e_util import (NOT_READY_TEXT, MIB, getfattr_all, listing, ok, read_when_ready, run,
-                      start_emulator, text, wait_for, wait_listed)
-
+from e2e_util import (
+    MIB,
+    NOT_READY_TEXT,
+    getfattr_all,
+    listing,
+    ok,
+    read_when_ready,
+    run,
+    running_emulator,
+    text,
+    wait_for,
+    wait_listed,
+)
 from mount_support import daemon_pids
 
 from glacierfs.demo import mt2
@@ -41,11 +51,8 @@ def tree_listing(root) -> str:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="module")

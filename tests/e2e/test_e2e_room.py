@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 
 import pytest
-from e2e_util import MIB, archive_jobs, getfattr_all, run, start_emulator, wait_listed
+from e2e_util import (
+    MIB,
+    archive_jobs,
+    getfattr_all,
+    glacierfs_cli,
+    run,
+    running_emulator,
+    wait_listed,
+)
 
 from glacierfs.demo import mt2
 from glacierfs.room import capacity_of
@@ -26,17 +33,10 @@ COUNT, SIZE = 10, 8 * MIB
 CACHE = 40 * MIB
 
 
-def glacierfs(*args: object, timeout: float = 120):
-    return run(sys.executable, "-m", "glacierfs.cli", *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    sim = start_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1")
-    try:
+    with running_emulator(tmp_path_factory.mktemp("sim"), "--delay", "Standard=1") as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,14 @@ def test_restore_twice_the_cache_waits_for_room_then_completes_once_read(
     before = sent(emulator)
     fits = capacity_of(CACHE) // SIZE
 
-    restore = glacierfs("restore", "-r", mnt / VAULT)
+    restore = glacierfs_cli("restore", "-r", mnt / VAULT)
     assert restore.returncode == 0, restore.stderr
     out = restore.stdout.decode()
     assert f"requested {COUNT} archives" in out
     assert f"{COUNT - fits} of them" in out and "exceed the cache room" in out, out
 
     began = time.monotonic()
-    wait = glacierfs("wait", "-r", mnt / VAULT, "--timeout", "120")
+    wait = glacierfs_cli("wait", "-r", mnt / VAULT, "--timeout", "120")
     took = time.monotonic() - began
     assert wait.returncode == 4, (wait.returncode, wait.stderr)
     assert "wait for cache room" in wait.stderr and "glacierfs copy" in wait.stderr
@@ -88,9 +88,9 @@ def test_restore_twice_the_cache_waits_for_room_then_completes_once_read(
     assert all(states[n].get("user.glacier.cache.pinned") == "held" for n in cached)
     # No thrash: what was sent is what fits, not a multiple of it.
     assert sent(emulator) - before <= 1.15 * fits * SIZE
-    doc = json.loads(glacierfs("status", mnt.path, "--json").stdout)
+    doc = json.loads(glacierfs_cli("status", mnt.path, "--json").stdout)
     assert doc["cache"]["pinned"] == fits * SIZE
-    human = glacierfs("status", mnt.path).stdout.decode()
+    human = glacierfs_cli("status", mnt.path).stdout.decode()
     assert "held for restored files not yet read" in human
 
     # Reading the restored files frees their room; the rest starts and is read in turn.
@@ -110,13 +110,13 @@ def test_restore_twice_the_cache_waits_for_room_then_completes_once_read(
     for archive_id, _ in files.values():
         assert len(archive_jobs(emulator, VAULT, archive_id)) == 1
     # Files read and then evicted are not "downloaded" any more, and wait says so at once.
-    human = glacierfs("status", mnt.path).stdout.decode()
+    human = glacierfs_cli("status", mnt.path).stdout.decode()
     evicted = [n for n in files
                if getfattr_all(mnt / VAULT / n)["user.glacier.cache"] != "cached"]
     assert evicted, "10 files of 8 MiB cannot all be in a 40 MiB cache"
     assert "since evicted" in getfattr_all(mnt / VAULT / evicted[0])[
         "user.glacier.job.status_message"]
-    wait = glacierfs("wait", "-r", mnt / VAULT, "--timeout", "60")
+    wait = glacierfs_cli("wait", "-r", mnt / VAULT, "--timeout", "60")
     assert wait.returncode == 4 and "since evicted" in wait.stderr, wait.stderr
 
     # A remount does not download again what was read and evicted (nobody asked for it).
@@ -140,8 +140,8 @@ def test_a_reader_never_evicts_restored_unread_data(emulator, files, mounts):
     names = sorted(files)
     restored = names[:2]                     # 16 MiB of the 16 MiB room
     for name in restored:
-        assert glacierfs("restore", mnt / VAULT / name).returncode == 0
-    wait = glacierfs("wait", *[mnt / VAULT / n for n in restored], "--timeout", "120")
+        assert glacierfs_cli("restore", mnt / VAULT / name).returncode == 0
+    wait = glacierfs_cli("wait", *[mnt / VAULT / n for n in restored], "--timeout", "120")
     assert wait.returncode == 0, wait.stderr
     other = mnt / VAULT / names[5]
     proc = run("cat", other)
