@@ -64,6 +64,8 @@ OUR_DESCRIPTION = "glacierfs"
 DOWNLOADED = "downloaded and verified"
 EVICTED = ("downloaded and verified, since evicted from the cache; a read downloads it again "
            "(from the same job while Glacier keeps its output, else from a new job)")
+# Chunks in flight are kept to 1/IN_FLIGHT_SHARE of the cache (see download_streams).
+IN_FLIGHT_SHARE = 4
 LAYOUT_MEMO = 4096           # chunk grids remembered (a few hundred bytes each)
 
 
@@ -115,7 +117,8 @@ class Retrieval(DownloadOutcome):
         self.room.on_release = self._queue_wake_set
         self.records: dict[str, JobRecord] = jobstore.load_all()  # by JobRecord.key
         self.ranges = RangeBook(self.records, options, cache)
-        self.downloader = Downloader(client, cache, self, workers=options.downloads,
+        self.downloader = Downloader(client, cache, self,
+                                     workers=download_streams(options, cache.size_limit),
                                      expected_root=self._expected_root)
         self._archive_locks: dict[str, trio.Lock] = {}
         self._layouts: dict[tuple[str, int], ArchiveLayout] = {}
@@ -900,6 +903,13 @@ class Retrieval(DownloadOutcome):
         if lock is None:
             lock = locks[key] = trio.Lock()
         return lock
+
+
+def download_streams(options: MountOptions, cache_limit: int) -> int:
+    """``downloads``, but never more chunks in flight than a quarter of the cache holds:
+    in a cache of a few chunks, parallel downloads evict each other's chunks before their
+    readers get to them, and every reader starves."""
+    return max(1, min(options.downloads, cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))
 
 
 class ArchiveLookup:
