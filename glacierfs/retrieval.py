@@ -909,7 +909,8 @@ def download_streams(options: MountOptions, cache_limit: int) -> int:
     """``downloads``, but never more chunks in flight than a quarter of the cache holds:
     in a cache of a few chunks, parallel downloads evict each other's chunks before their
     readers get to them, and every reader starves."""
-    return max(1, min(options.downloads, cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))
+    return max(min(2, options.downloads),
+               min(options.downloads, cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))
 
 
 class ArchiveLookup:
