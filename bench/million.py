@@ -34,7 +34,7 @@ FIND = "find . -path ./.by-id -prune -o -print | wc -l"
 INGEST = """
 import json, os, sys, time
 from pathlib import Path
-from glacierfs.namespace import Namespace, ingest_inventory
+from glacierfs.catalog.namespace import Namespace, ingest_inventory
 from glacierfs.store import Store, prepare_state_dir
 state, vault, path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 prepare_state_dir(state)

@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 from common import MIB
 
-from glacierfs import readahead
+from glacierfs.fuse import readahead
 
 VAULT = "bench"
 NAME = "restored.bin"

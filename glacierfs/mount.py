@@ -15,19 +15,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pyfuse3
 import trio
 
-from glacierfs import diskfull, glacier, notify, readahead
+from glacierfs import diskfull, notify
+from glacierfs.aws import glacier
+from glacierfs.fuse import readahead
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.cache import ChunkCache
-from glacierfs.fs import GlacierOperations
-from glacierfs.inventories import Inventories
-from glacierfs.jobstore import JobStore
-from glacierfs.namespace import Namespace
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.fuse.operations import GlacierOperations
+from glacierfs.catalog.inventories import Inventories
+from glacierfs.jobs.jobstore import JobStore
+from glacierfs.catalog.namespace import Namespace
 from glacierfs.options import MountOptions
-from glacierfs.retrieval import Retrieval
-from glacierfs.room import CacheRoom
-from glacierfs.selectjobs import SelectJobs
+from glacierfs.jobs.retrieval import Retrieval
+from glacierfs.jobs.room import CacheRoom
+from glacierfs.jobs.selectjobs import SelectJobs
 from glacierfs.store import Store
-from glacierfs.testclock import budget_clock
+from glacierfs.jobs.clock import budget_clock
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from e2e_util import (
 )
 from mount_support import wait_for
 
-from glacierfs.demo import fastglacier, mt2
+from glacierfs.commands.demo import fastglacier, mt2
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ import time
 import pytest
 from e2e_util import MIB, TOOL_ENV, archive_jobs, getfattr_one, run, running_emulator, wait_listed
 
-from glacierfs.copyplan import DEST_XATTR, TEMP_SUFFIX
-from glacierfs.demo import fastglacier, mt2
+from glacierfs.commands.copyplan import DEST_XATTR, TEMP_SUFFIX
+from glacierfs.commands.demo import fastglacier, mt2
 
 pytestmark = pytest.mark.e2e
 

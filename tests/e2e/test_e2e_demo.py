@@ -27,7 +27,7 @@ import pytest
 from e2e_util import NOT_READY_TEXT, TOOL_ENV, _pid_alive, listing, run
 from mount_support import wait_for
 
-from glacierfs import demo
+from glacierfs.commands import demo
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from e2e_util import (NOT_READY_TEXT, MIB, TOOL_ENV, archive_jobs, getfattr_all,
                       initiated, ok, read_when_ready, run, start_emulator, wait_for,
                       wait_listed)
 
-from glacierfs.demo import fastglacier, mt2
+from glacierfs.commands.demo import fastglacier, mt2
 
 pytestmark = pytest.mark.e2e
 

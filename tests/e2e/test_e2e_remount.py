@@ -25,7 +25,7 @@ from e2e_util import (
 )
 from mount_support import daemon_pids
 
-from glacierfs.demo import mt2
+from glacierfs.commands.demo import mt2
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,8 @@ from e2e_util import (
     wait_listed,
 )
 
-from glacierfs.demo import mt2
-from glacierfs.room import capacity_of
+from glacierfs.commands.demo import mt2
+from glacierfs.jobs.room import capacity_of
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from glacierfs.demo import cloudberry, fastglacier, mt2, qnap
+from glacierfs.commands.demo import cloudberry, fastglacier, mt2, qnap
 from glacierfs.sim.testing import upload, wait_job
 
 from e2e_util import (EROFS_TEXT, getfattr_all, getfattr_one, initiated, listing, run, text,

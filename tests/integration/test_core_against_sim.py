@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from glacierfs import glacier
-from glacierfs import glacier as glacier_module  # tests' ``glacier`` is a fixture
-from glacierfs.cache import ChunkCache
-from glacierfs.inventories import Inventories
-from glacierfs.jobstore import JobStore
-from glacierfs.namespace import Namespace
+from glacierfs.aws import glacier
+from glacierfs.aws import glacier as glacier_module# tests' ``glacier`` is a fixture
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.catalog.inventories import Inventories
+from glacierfs.jobs.jobstore import JobStore
+from glacierfs.catalog.namespace import Namespace
 from glacierfs.options import MountOptions
-from glacierfs.retrieval import NotReady, NotRequested, Retrieval
+from glacierfs.jobs.retrieval import NotReady, NotRequested, Retrieval
 from glacierfs.sim.testing import upload, wait_job
 from glacierfs.store import ROOT_INODE, Store
 
@@ -166,7 +166,7 @@ def test_full_state_disk_holds_the_paid_call_until_the_job_can_be_recorded(
     """A job is recorded before InitiateJob is sent (so a crash never pays twice). With the
     state database full, no job is started and the file says why; once there is room the
     same request goes ahead, once."""
-    from glacierfs import retrieval as retrieval_module
+    from glacierfs.jobs import retrieval as retrieval_module
     monkeypatch.setattr(retrieval_module, "LOCAL_RETRY", 0.5)
     data = b"kept safe " * 1000
     upload(glacier, vault, data, "full.txt")
@@ -256,7 +256,7 @@ def test_an_unexpected_error_costs_one_vault_not_the_mount(sim, glacier, vault, 
     something nobody planned for) ends that task with a message, not the mount's nursery."""
     upload(glacier, vault, b"1", "one.txt")
     core = Core(sim, tmp_path)
-    from glacierfs import inventories as inventories_module
+    from glacierfs.catalog import inventories as inventories_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("unplanned")

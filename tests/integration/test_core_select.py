@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from glacierfs import glacier
-from glacierfs.cache import ChunkCache
-from glacierfs.inventories import Inventories
-from glacierfs.jobstore import INITIATING, JobStore
-from glacierfs.namespace import Namespace
+from glacierfs.aws import glacier
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.catalog.inventories import Inventories
+from glacierfs.jobs.jobstore import INITIATING, JobStore
+from glacierfs.catalog.namespace import Namespace
 from glacierfs.options import MountOptions
-from glacierfs.retrieval import Retrieval
-from glacierfs.selectjobs import SelectJobs, SelectRecord
-from glacierfs.selectspec import SelectRequest
+from glacierfs.jobs.retrieval import Retrieval
+from glacierfs.jobs.selectjobs import SelectJobs, SelectRecord
+from glacierfs.jobs.selectspec import SelectRequest
 from glacierfs.sim import s3server
 from glacierfs.sim.testing import SimProcess, upload
 from glacierfs.store import ROOT_INODE, Store

@@ -11,9 +11,9 @@ import time
 import pytest
 import trio
 
-from glacierfs import glacier as glacier_module
-from glacierfs.cache import ArchiveLayout, ChunkCache
-from glacierfs.download import BACKGROUND, Downloader, DownloadOutcome
+from glacierfs.aws import glacier as glacier_module
+from glacierfs.cache.chunkcache import ArchiveLayout, ChunkCache
+from glacierfs.cache.download import BACKGROUND, Downloader, DownloadOutcome
 from glacierfs.sim.testing import aws_env, upload
 from glacierfs.treehash import MIB, tree_hash
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from glacierfs.demo import fastglacier, mt2
-from glacierfs.namespace import Namespace, ingest_inventory
+from glacierfs.commands.demo import fastglacier, mt2
+from glacierfs.catalog.namespace import Namespace, ingest_inventory
 from glacierfs.store import KIND_DIR, KIND_FILE, ROOT_INODE, Store
 
 HASH = "ab" * 32

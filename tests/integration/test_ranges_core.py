@@ -12,9 +12,9 @@ import pytest
 import trio
 from test_core_against_sim import Core, _load_inventory, _until
 
-from glacierfs.retrieval import NotReady, RetrievalFailed
+from glacierfs.jobs.retrieval import NotReady, RetrievalFailed
 
-from glacierfs.jobstore import JobRecord, JobStore
+from glacierfs.jobs.jobstore import JobRecord, JobStore
 from glacierfs.sim.testing import upload, wait_job
 from glacierfs.store import Store
 from glacierfs.treehash import tree_hash_hex

@@ -13,7 +13,8 @@ import json
 import pytest
 import rel_util
 
-from glacierfs import download, retrieval
+from glacierfs.cache import download
+from glacierfs.jobs import retrieval
 
 
 @pytest.fixture(autouse=True)

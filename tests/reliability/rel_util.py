@@ -26,12 +26,13 @@ from typing import Any
 
 import trio
 
-from glacierfs import glacier, treehash
-from glacierfs.cache import ChunkCache
-from glacierfs.jobstore import JobStore
-from glacierfs.namespace import Entry, Namespace, ingest_inventory
+from glacierfs import treehash
+from glacierfs.aws import glacier
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.jobs.jobstore import JobStore
+from glacierfs.catalog.namespace import Entry, Namespace, ingest_inventory
 from glacierfs.options import MountOptions
-from glacierfs.retrieval import Retrieval
+from glacierfs.jobs.retrieval import Retrieval
 from glacierfs.sim.testing import SimProcess, aws_env
 from mount_support import daemon_pids
 from mount_support import wait_for as poll_until  # noqa: F401  (used by the suite)
@@ -183,7 +184,7 @@ class Core:
     async def read_when_ready(self, a: Archive, offset: int = 0, size: int | None = None,
                               timeout: float = 60.0, may_start: bool = True) -> bytes:
         """Read like a patient user: retry "not ready" until the bytes come (or ``timeout``)."""
-        from glacierfs.retrieval import NotReady
+        from glacierfs.jobs.retrieval import NotReady
         size = a.size - offset if size is None else size
         with trio.fail_after(timeout):
             while True:

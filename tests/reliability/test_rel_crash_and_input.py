@@ -20,7 +20,7 @@ import trio
 from rel_util import (MIB, compare, core, count_duplicate_jobs, inventory_document, mount_options,
                       mounted, options, poll_until, read_all, seed_state, upload)
 
-from glacierfs.jobstore import INITIATING, JobRecord, JobStore
+from glacierfs.jobs.jobstore import INITIATING, JobRecord, JobStore
 from glacierfs.options import state_dir_for
 from glacierfs.store import Store
 
@@ -152,7 +152,7 @@ def test_hostile_inventories_give_a_browsable_tree_and_nothing_outside(sim, tmp_
     assert outcomes["hostile"] == outcomes["truncated"] == outcomes["huge"] == "ingested"
     store = Store(state)
     try:
-        from glacierfs.namespace import Namespace
+        from glacierfs.catalog.namespace import Namespace
         Namespace(store).set_vaults([(v, None) for v in INVENTORIES])
     finally:
         store.close()
@@ -210,7 +210,7 @@ def test_names_never_escape_under_fuzzing():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from glacierfs import names
+    from glacierfs.catalog import names
 
     @settings(max_examples=400, deadline=None)
     @given(st.text(max_size=1100) | st.from_regex(r"(\.\./|/|\x00|<m>.*</m>|mt2 .*)+"))
@@ -232,7 +232,7 @@ def test_inventory_parser_never_crashes_under_fuzzing():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from glacierfs import inventory
+    from glacierfs.catalog import inventory
 
     base = _hostile_inventory("f")
 

@@ -11,9 +11,9 @@ import trio
 from rel_util import (MIB, Archive, core, count_duplicate_jobs, count_faults, options,
                       unverified_files, upload)
 
-from glacierfs import xattrs
-from glacierfs.jobstore import FAILED, IN_PROGRESS, QUEUED, SUCCEEDED
-from glacierfs.retrieval import NotReady, RetrievalFailed
+from glacierfs.fuse import xattrs
+from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, QUEUED, SUCCEEDED
+from glacierfs.jobs.retrieval import NotReady, RetrievalFailed
 
 pytestmark = pytest.mark.sim_args("--delay", "Standard=0.5", "--delay", "Expedited=0.2",
                                   "--seed", "5")

@@ -13,9 +13,9 @@ import trio
 from rel_util import (MIB, Archive, compare, core, count_duplicate_jobs, count_faults, options,
                       unverified_files, upload)
 
-from glacierfs import download
-from glacierfs.jobstore import FAILED
-from glacierfs.retrieval import NotReady, RetrievalFailed
+from glacierfs.cache import download
+from glacierfs.jobs.jobstore import FAILED
+from glacierfs.jobs.retrieval import NotReady, RetrievalFailed
 
 pytestmark = pytest.mark.sim_args("--delay", "Standard=0.5", "--delay", "Expedited=0.2",
                                   "--seed", "11")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from glacierfs import cache as cache_mod
-from glacierfs.cache import (
+from glacierfs.cache import chunkcache as cache_mod
+from glacierfs.cache.chunkcache import (
     ArchiveLayout,
     CacheFullError,
     ChunkCache,
@@ -593,7 +593,7 @@ def test_real_disk_full_on_a_tiny_tmpfs(tiny_fs):
 
 CRASH_CHILD = textwrap.dedent("""
     import os, random, sys
-    from glacierfs import cache as cm
+    from glacierfs.cache import chunkcache as cm
     from glacierfs.treehash import MIB, tree_hash
     directory, where, how = sys.argv[1], sys.argv[2], sys.argv[3]
     data = random.Random(3).randbytes(2 * MIB)

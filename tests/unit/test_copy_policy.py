@@ -3,8 +3,8 @@
 
 from pathlib import Path
 
-from glacierfs.copy import Tally, blocked, reserve
-from glacierfs.copyplan import Item
+from glacierfs.commands.copycmd import Tally, blocked, reserve
+from glacierfs.commands.copyplan import Item
 
 MIB = 1024 * 1024
 LIMIT = 20 * MIB

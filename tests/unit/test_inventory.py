@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from glacierfs import inventory as inv
-from glacierfs.inventory import (
+from glacierfs.catalog import inventory as inv
+from glacierfs.catalog.inventory import (
     InventoryArchive,
     InventoryFormatError,
     InventoryReport,

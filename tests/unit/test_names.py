@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from glacierfs import names
-from glacierfs.names import (
+from glacierfs.catalog import names
+from glacierfs.catalog.names import (
     MAX_NAME_BYTES,
     RESERVED_ROOT_NAMES,
     archive_id_name,

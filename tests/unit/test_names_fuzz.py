@@ -5,9 +5,9 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from glacierfs import names
+from glacierfs.catalog import names
 
-from glacierfs.names import (
+from glacierfs.catalog.names import (
     MAX_NAME_BYTES,
     RESERVED_ROOT_NAMES,
     archive_id_name,

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from glacierfs import pricing
-from glacierfs.copyplan import NAME_MAX, temp_path
+from glacierfs.commands import pricing
+from glacierfs.commands.copyplan import NAME_MAX, temp_path
 
 
 def test_default_estimate_is_list_prices():

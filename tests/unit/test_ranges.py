@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from glacierfs.cache import ArchiveLayout
-from glacierfs.jobstore import QUEUED, SUCCEEDED, JobRecord
+from glacierfs.cache.chunkcache import ArchiveLayout
+from glacierfs.jobs.jobstore import QUEUED, SUCCEEDED, JobRecord
 from glacierfs.options import MountOptions, OptionError, parse_options
-from glacierfs.ranges import RangeBook
+from glacierfs.jobs.ranges import RangeBook
 
 MIB = 1024 * 1024
 SIZE = 100 * MIB + 7
@@ -115,7 +115,7 @@ def test_a_range_is_verified_against_its_tree_hash_once_its_chunks_are_in():
 
 def test_ranges_recorded_earlier_are_kept_with_range_size_off():
     """A remount with range_size=off must not pay for the recorded ranges' bytes again."""
-    from glacierfs.namespace import Entry
+    from glacierfs.catalog.namespace import Entry
     entry = Entry(inode=5, parent=2, name="a.img", kind=1, vault="v", archive_id="A",
                   size=SIZE, mtime_ns=0, tree_hash=None, creation_ns=None, description=None)
     off = _book(range_size=0)

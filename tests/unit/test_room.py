@@ -1,6 +1,6 @@
 """The cache room's Queued reasons, as ``glacierfs status`` and getfattr show them."""
 
-from glacierfs.room import ROOM_REASON, CacheRoom, capacity_of
+from glacierfs.jobs.room import ROOM_REASON, CacheRoom, capacity_of
 from glacierfs.store import Store
 
 MIB = 1024 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from glacierfs.selectspec import SelectRequest, SpecError, job_key, parse_s3_url
+from glacierfs.jobs.selectspec import SelectRequest, SpecError, job_key, parse_s3_url
 
 
 def request(**changes) -> SelectRequest:

@@ -1,7 +1,7 @@
 """Completion estimates in ``glacierfs status``: learned from this account's finished jobs."""
 
-from glacierfs.jobstore import IN_PROGRESS, SUCCEEDED, JobRecord
-from glacierfs.status import observed_durations
+from glacierfs.jobs.jobstore import IN_PROGRESS, SUCCEEDED, JobRecord
+from glacierfs.fuse.status import observed_durations
 
 
 def _rec(state, tier, created, completed=None):
@@ -22,7 +22,7 @@ def test_estimates_come_from_finished_jobs_of_the_same_tier():
 
 
 def test_status_text_warns_of_a_disk_that_fills_first_and_of_unsaved_state():
-    from glacierfs.commands import render_status
+    from glacierfs.commands.restorecmd import render_status
     doc = {"time": 0, "vaults": [], "jobs": [], "job_counts": {},
            "cache": {"used": 1 << 30, "limit": 10 << 30, "disk_free": 2 << 30,
                      "unsaved_job_changes": 3},
@@ -38,7 +38,7 @@ def test_status_text_warns_of_a_disk_that_fills_first_and_of_unsaved_state():
 
 
 def test_no_aws_estimate_against_an_emulator_until_a_job_of_the_tier_finished():
-    from glacierfs.status import TYPICAL_DURATION, expected_duration
+    from glacierfs.fuse.status import TYPICAL_DURATION, expected_duration
     emulator, aws = "http://127.0.0.1:7380", None
     assert expected_duration("Standard", {}, emulator) is None
     assert expected_duration("Standard", {"Standard": 20.0}, emulator) == 20.0

@@ -19,7 +19,7 @@ import json
 import logging
 import secrets
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from glacierfs.sim.clock import iso
 from glacierfs.sim.config import TIERS
@@ -28,8 +28,16 @@ from glacierfs.sim.select import csvio, engine, sql
 from glacierfs.sim.select.s3out import GRANT_ARGS, GRANTEE_KEYS, S3WriteError, S3Writer, Target
 from glacierfs.sim.store import Row, Store
 
-if TYPE_CHECKING:
-    from glacierfs.sim.jobs import Jobs
+
+class Jobs(Protocol):
+    """What this service needs of ``sim/jobs.py``'s job table (which owns this service, so it
+    is named here by shape, not imported)."""
+
+    def get_by_id(self, job_id: str) -> Row | None: ...
+
+    def describe(self, job: Row) -> dict[str, object]: ...
+
+    def refresh(self, job: Row) -> Row: ...
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glacierfs import treehash
+from glacierfs.commands.common import (BY_ID_DIR, STATUS_XATTR, glacierfs_mounts, mount_of,
+                                       read_xattr)
 
 DEST_XATTR = "user.glacierfs.tree_hash"   # on copied files: the verified archive tree hash
-BY_ID_DIR = ".by-id"
 VAULT_XATTR = "user.glacier.vault_arn"    # marks a vault directory (its .by-id is skipped)
-STATUS_XATTR = "user.glacier.status"
 TEMP_SUFFIX = ".glacierfs-part"
 NAME_MAX = 255
 # Timestamps on some DEST filesystems are coarse (FAT: 2 s); within this an mtime is unchanged.
@@ -40,13 +40,6 @@ PENDING, REQUESTED, DONE, SKIPPED, FAILED = "pending", "requested", "done", "ski
 
 class PlanError(Exception):
     """SRC/DEST that cannot be copied; one line for the user, nothing started."""
-
-
-def xattr(path: Path | str, name: str) -> str | None:
-    try:
-        return os.getxattr(path, name).decode("utf-8", "replace")
-    except OSError:
-        return None
 
 
 @dataclass
@@ -85,21 +78,14 @@ def temp_path(dest: Path) -> Path:
     return dest.with_name(name)
 
 
-def mount_root(path: Path) -> Path:
-    p = Path(os.path.abspath(path))
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
-
-
 def _item(src: Path, dest: Path, mount: Path) -> Item:
-    size = xattr(src, "user.glacier.size")
-    tree_hash = xattr(src, "user.glacier.tree_hash")
+    size = read_xattr(src, "user.glacier.size")
+    tree_hash = read_xattr(src, "user.glacier.tree_hash")
     if size is None or tree_hash is None:
         raise PlanError(f"{src}: not a file on a glacierfs mount")
     st = os.stat(src)
-    cache = xattr(src, "user.glacier.cache") or "absent"
-    job = xattr(src, "user.glacier.job.status")
+    cache = read_xattr(src, "user.glacier.cache") or "absent"
+    job = read_xattr(src, "user.glacier.job.status")
     return Item(src=src, dest=dest, mount=mount, size=int(size), mtime_ns=st.st_mtime_ns,
                 tree_hash=tree_hash, cache=cache, job_status=job)
 
@@ -108,12 +94,12 @@ def _walk(src: Path, dest: Path, mount: Path, items: list[Item], dirs: list[Path
     dirs.append(dest)
     for root, subdirs, files in os.walk(src):
         rootp = Path(root)
-        if xattr(rootp, VAULT_XATTR) is not None:
-            if xattr(rootp, "user.glacier.inventory.date") is None:
+        if read_xattr(rootp, VAULT_XATTR) is not None:
+            if read_xattr(rootp, "user.glacier.inventory.date") is None:
                 # The vault lists as empty until its inventory is in: copying "nothing" and
                 # exiting 0 would look like success.
-                why = xattr(rootp, "user.glacier.inventory.message") or \
-                    f"inventory {xattr(rootp, 'user.glacier.inventory.job.status') or 'None'}"
+                why = read_xattr(rootp, "user.glacier.inventory.message") or \
+                    f"inventory {read_xattr(rootp, 'user.glacier.inventory.job.status') or 'None'}"
                 raise PlanError(f"{rootp}: the vault's inventory is not in yet ({why}); "
                                 "run again once it lists")
             if BY_ID_DIR in subdirs:
@@ -139,6 +125,7 @@ def build(sources: list[str], dest_text: str, recursive: bool) -> tuple[list[Ite
         raise PlanError(f"target {dest} is not a directory")
     dest_is_dir = dest.is_dir() or len(sources) > 1
     mounts: dict[Path, bool] = {}
+    live = glacierfs_mounts()
     items: list[Item] = []
     dirs: list[Path] = []
     for text in sources:
@@ -147,10 +134,10 @@ def build(sources: list[str], dest_text: str, recursive: bool) -> tuple[list[Ite
             st = os.stat(src)
         except OSError as exc:
             raise PlanError(f"{src}: {exc.strerror}") from None
-        mount = mount_root(src)
-        if mount not in mounts:
-            mounts[mount] = xattr(mount, STATUS_XATTR) is not None
-        if not mounts[mount]:
+        mount = mount_of(src, live)
+        if mount is not None and mount not in mounts:
+            mounts[mount] = read_xattr(mount, STATUS_XATTR) is not None
+        if mount is None or not mounts[mount]:
             raise PlanError(f"{src}: not on a live glacierfs mount")
         name = Path(os.path.abspath(src)).name
         if stat.S_ISDIR(st.st_mode):
@@ -164,8 +151,8 @@ def build(sources: list[str], dest_text: str, recursive: bool) -> tuple[list[Ite
             _walk(src, target, mount, items, dirs)
         else:
             items.append(_item(src, dest / name if dest_is_dir else dest, mount))
-    dest_mount = mount_root(dest if dest.exists() else dest.parent)
-    if dest_mount in mounts:
+    dest_mount = mount_of(dest if dest.exists() else dest.parent, live)
+    if dest_mount is not None:
         raise PlanError(f"{dest} is on the glacierfs mount {dest_mount} (it is read-only)")
     seen: set[Path] = set()
     for it in items:
@@ -184,7 +171,7 @@ def verified_in_dest(item: Item) -> bool:
     if not stat.S_ISREG(st.st_mode) or st.st_size != item.size \
             or abs(st.st_mtime_ns - item.mtime_ns) >= MTIME_SLACK_NS:
         return False
-    if xattr(item.dest, DEST_XATTR) == item.tree_hash:
+    if read_xattr(item.dest, DEST_XATTR) == item.tree_hash:
         return True
     try:
         if treehash.tree_hash_file(item.dest).hex() != item.tree_hash:

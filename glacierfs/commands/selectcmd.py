@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from glacierfs.commands import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, CommandError, _xattr
-from glacierfs.commands import STATUS_XATTR, glacierfs_mounts, seconds
-from glacierfs.selectspec import (HEADER_MODES, SELECT_JOBS_XATTR, SELECT_XATTR, TIERS,
+from glacierfs.commands.common import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, STATUS_XATTR,
+                                       CommandError, mount_of, read_xattr, seconds)
+from glacierfs.jobs.selectspec import (HEADER_MODES, SELECT_JOBS_XATTR, SELECT_XATTR, TIERS,
                                   SelectRequest, SpecError, parse_s3_url)
 
 EXIT_USAGE = 2
@@ -53,21 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _mount_of(path: Path) -> Path | None:
-    best = None
-    resolved = path.resolve()
-    for mnt in glacierfs_mounts():
-        try:
-            resolved.relative_to(mnt)
-        except ValueError:
-            continue
-        if best is None or len(str(mnt)) > len(str(best)):
-            best = mnt
-    return best
-
-
 def _jobs(path: Path) -> list[dict]:
-    raw = _xattr(path, SELECT_JOBS_XATTR)
+    raw = read_xattr(path, SELECT_JOBS_XATTR)
     return json.loads(raw) if raw else []
 
 
@@ -82,12 +69,12 @@ def cmd_select(argv: list[str]) -> int:
         raise CommandError(f"{path}: no such file")
     if path.is_dir():
         raise CommandError(f"{path} is a directory; select works on one archive")
-    archive_id = _xattr(path, "user.glacier.archive_id")
-    vault = _xattr(path, "user.glacier.vault")
-    mount = _mount_of(path)
+    archive_id = read_xattr(path, "user.glacier.archive_id")
+    vault = read_xattr(path, "user.glacier.vault")
+    mount = mount_of(path)
     if not archive_id or not vault or mount is None:
         raise CommandError(f"{path}: not a file on a glacierfs mount")
-    raw = _xattr(mount, STATUS_XATTR)
+    raw = read_xattr(mount, STATUS_XATTR)
     doc = json.loads(raw) if raw else {}
     tier = args.tier or doc.get("limits", {}).get("tier") or "Standard"
     try:

@@ -224,7 +224,7 @@ def seed(url: str, data_dir: Path) -> None:
 
 def _plain_name(description: str) -> str:
     """The file name a description decodes to, for choosing demo content."""
-    from glacierfs.names import decode_description
+    from glacierfs.catalog.names import decode_description
     parts = decode_description(description).parts
     return parts[-1] if parts else ""
 

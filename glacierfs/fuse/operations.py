@@ -32,14 +32,15 @@ from collections.abc import Awaitable, Callable
 
 import pyfuse3
 
-from glacierfs import status, xattrs
+from glacierfs.fuse import status
+from glacierfs.fuse import xattrs
 from glacierfs.diskfull import describe, is_disk_full
-from glacierfs.namespace import Entry, Namespace
+from glacierfs.catalog.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
-from glacierfs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
+from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
                                  RetrievalFailed)
-from glacierfs.selectjobs import SelectJobs
-from glacierfs.selectspec import SELECT_XATTR, SelectRequest, SpecError
+from glacierfs.jobs.selectjobs import SelectJobs
+from glacierfs.jobs.selectspec import SELECT_XATTR, SelectRequest, SpecError
 from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
 
 log = logging.getLogger(__name__)

@@ -9,15 +9,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from glacierfs import glacier
-from glacierfs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
+from glacierfs.aws import glacier
+from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
 from glacierfs.options import is_loopback_url
 
 if TYPE_CHECKING:
-    from glacierfs.namespace import Namespace
+    from glacierfs.catalog.namespace import Namespace
     from glacierfs.options import MountOptions
-    from glacierfs.retrieval import Retrieval
-    from glacierfs.selectjobs import SelectJobs
+    from glacierfs.jobs.retrieval import Retrieval
+    from glacierfs.jobs.selectjobs import SelectJobs
 
 # Typical completion time by tier (the middle of Glacier's documented range), for estimates.
 TYPICAL_DURATION = {"Expedited": 3 * 60, "Standard": 4 * 3600, "Bulk": 8 * 3600}

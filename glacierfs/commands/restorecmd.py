@@ -1,4 +1,5 @@
-"""``glacierfs status | restore | wait | select | copy | demo``: commands for people and scripts.
+"""``glacierfs status | restore | wait``: what a mount is doing, asking for files, and waiting
+for them to be cached.
 
 They talk to a running mount through its extended attributes only (the root's
 ``user.glacier.status`` JSON, each file's ``user.glacier.*``, and ``user.glacier.restore``),
@@ -17,63 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 
-STATUS_XATTR = "user.glacier.status"
-BY_ID_DIR = ".by-id"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_STUCK = 0, 1, 2, 3, 4
-ROOM_REASON = "waiting for cache room"   # the daemon's Queued message (glacierfs/room.py)
-EVICTED_REASON = "downloaded and verified, since evicted"   # retrieval.EVICTED
+from glacierfs.commands.common import (BY_ID_DIR, EXIT_FAILED, EXIT_OK, EXIT_STUCK, EXIT_TIMEOUT,
+                                       STATUS_XATTR, CommandError, glacierfs_mounts, mount_of,
+                                       read_xattr, seconds)
+from glacierfs.formatting import duration, human
+
+ROOM_REASON = "waiting for cache room"   # the daemon's Queued message (glacierfs/jobs/room.py)
+EVICTED_REASON = "downloaded and verified, since evicted"   # glacierfs/jobs/retrieval.py EVICTED
 # `wait` gives up when everything left waits for cache room that only a reader can free, and
 # nothing else is under way, for this long (the daemon's queue looks again every few seconds).
 STUCK_AFTER = 6.0
-
-
-class CommandError(Exception):
-    """One line for the user; the command exits non-zero."""
-
-
-def _xattr(path: Path | str, name: str) -> str | None:
-    try:
-        return os.getxattr(path, name).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
-def glacierfs_mounts() -> list[Path]:
-    mounts = []
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "fuse.glacierfs":
-                mounts.append(Path(fields[1].replace("\\040", " ")))
-    return mounts
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-def seconds(text: str) -> float:
-    """An argparse type for --timeout: a number of seconds, not negative (nor nan/inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more seconds")
-    return value
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -97,12 +51,12 @@ def cmd_status(argv: list[str]) -> int:
     docs = {}
     dead = []
     for mnt in mounts:
-        raw = _xattr(mnt, STATUS_XATTR)
+        raw = read_xattr(mnt, STATUS_XATTR)
         if raw is None and args.mountpoint:
-            inside = [m for m in glacierfs_mounts() if _is_under(mnt, m)]
+            inside = mount_of(mnt)
             if inside:   # a directory in a mount: status belongs to the mount point
-                mnt = max(inside, key=lambda m: len(str(m)))
-                raw = _xattr(mnt, STATUS_XATTR)
+                mnt = inside
+                raw = read_xattr(mnt, STATUS_XATTR)
         if raw is None:
             dead.append(mnt)
             continue
@@ -144,9 +98,9 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     now = doc.get("time", time.time())
     for job in doc.get("jobs", []):
         name = job.get("path") or job["archive_id"][:24]
-        line = f"  {job['status']:<10} {job['tier']:<9} {_duration(job['age']):>6} ago  {name}"
+        line = f"  {job['status']:<10} {job['tier']:<9} {duration(job['age']):>6} ago  {name}"
         if job.get("expected_completion") and job["status"] in ("InProgress", "Queued"):
-            line += f"  (expected in ~{_duration(job['expected_completion'] - now)})"
+            line += f"  (expected in ~{duration(job['expected_completion'] - now)})"
         if job["status"] == "Succeeded" or job.get("cached_bytes"):
             line += f"\n             {_bar(job.get('cached_bytes', 0), job.get('size', 0))} " \
                     f"{human(job.get('cached_bytes', 0))} of {human(job.get('size', 0))}"
@@ -160,7 +114,7 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
         lines.append(f"Select jobs: {len(selects)}")
     for job in selects:
         name = job.get("path") or job["archive_id"][:24]
-        line = f"  {job['status']:<10} {job['tier']:<9} {_duration(job['age']):>6} ago  {name}"
+        line = f"  {job['status']:<10} {job['tier']:<9} {duration(job['age']):>6} ago  {name}"
         line += f"\n             {job['query'][:100]}"
         if job.get("output_path"):
             line += f"\n             → s3://{job['bucket']}/{job['output_path']}"
@@ -230,19 +184,19 @@ class FileState:
 
 
 def file_state(path: Path) -> FileState | None:
-    size = _xattr(path, "user.glacier.size")
+    size = read_xattr(path, "user.glacier.size")
     if size is None:
         return None
-    ranges = _xattr(path, "user.glacier.ranges")
+    ranges = read_xattr(path, "user.glacier.ranges")
     partly = False
     if ranges:
         info = json.loads(ranges)
         partly = not info.get("whole_requested") and not info.get("failed")
-    return FileState(path, int(size), _xattr(path, "user.glacier.cache") or "absent",
-                     int(_xattr(path, "user.glacier.cache.bytes") or 0),
-                     _xattr(path, "user.glacier.job.status"),
-                     _xattr(path, "user.glacier.job.status_message"),
-                     _xattr(path, "user.glacier.cache.pinned"), partly)
+    return FileState(path, int(size), read_xattr(path, "user.glacier.cache") or "absent",
+                     int(read_xattr(path, "user.glacier.cache.bytes") or 0),
+                     read_xattr(path, "user.glacier.job.status"),
+                     read_xattr(path, "user.glacier.job.status_message"),
+                     read_xattr(path, "user.glacier.cache.pinned"), partly)
 
 
 def iter_files(paths: list[str], recursive: bool) -> Iterator[Path]:
@@ -311,16 +265,13 @@ def cmd_restore(argv: list[str]) -> int:
 
 
 def _mount_tier(path: Path, known: dict[Path, str | None]) -> str | None:
-    for mnt in glacierfs_mounts():
-        try:
-            path.resolve().relative_to(mnt)
-        except ValueError:
-            continue
-        if mnt not in known:
-            raw = _xattr(mnt, STATUS_XATTR)
-            known[mnt] = json.loads(raw).get("limits", {}).get("tier") if raw else None
-        return known[mnt]
-    return None
+    mnt = mount_of(path)
+    if mnt is None:
+        return None
+    if mnt not in known:
+        raw = read_xattr(mnt, STATUS_XATTR)
+        known[mnt] = json.loads(raw).get("limits", {}).get("tier") if raw else None
+    return known[mnt]
 
 
 def cmd_wait(argv: list[str]) -> int:
@@ -395,49 +346,12 @@ def cmd_wait(argv: list[str]) -> int:
 def _mount_busy(states: list[FileState]) -> bool:
     """Is anything under way on the mounts holding these files (a job running, a download)
     that will free room or end without a reader? Then waiting still makes progress."""
-    mounts = {m for m in glacierfs_mounts()
-              for s in states if _is_under(s.path, m)}
+    mounts = {mount_of(s.path) for s in states} - {None}
     for mnt in mounts:
-        raw = _xattr(mnt, STATUS_XATTR)
+        raw = read_xattr(mnt, STATUS_XATTR)
         if raw is None:
             return True   # cannot tell: keep waiting
         for job in json.loads(raw).get("jobs", []):
             if job.get("status") in ("InProgress",) or job.get("downloading"):
                 return True
     return False
-
-
-def _is_under(path: Path, mnt: Path) -> bool:
-    try:
-        path.resolve().relative_to(mnt)
-    except ValueError:
-        return False
-    return True
-
-
-def main(name: str, argv: list[str]) -> int:
-    try:
-        if name == "status":
-            return cmd_status(argv)
-        if name == "restore":
-            return cmd_restore(argv)
-        if name == "wait":
-            return cmd_wait(argv)
-        if name == "select":
-            from glacierfs.selectcmd import cmd_select
-            return cmd_select(argv)
-        if name == "copy":
-            from glacierfs.copy import cmd_copy
-            return cmd_copy(argv)
-        if name == "demo":
-            from glacierfs.demo import main as demo_main
-            return demo_main(argv)
-    except CommandError as exc:
-        print(f"glacierfs {name}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:   # ``glacierfs status | head``: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    raise SystemExit(f"glacierfs: unknown command {name}")

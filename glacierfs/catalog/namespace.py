@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import BinaryIO, NamedTuple
 from collections.abc import Collection, Iterable, Iterator
 
-from glacierfs import inventory as inventory_mod
-from glacierfs import names
+from glacierfs.catalog import inventory as inventory_mod
+from glacierfs.catalog import names
 from glacierfs.store import KIND_BY_ID, KIND_DIR, KIND_FILE, KIND_VAULT, ROOT_INODE, Store
 
 log = logging.getLogger(__name__)

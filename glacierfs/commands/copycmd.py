@@ -55,8 +55,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from glacierfs import copyplan, pricing, treehash
-from glacierfs.copyplan import DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item, PlanError
+from glacierfs import treehash
+from glacierfs.commands.common import STATUS_XATTR, read_xattr
+from glacierfs.formatting import duration, human
+from glacierfs.commands import copyplan
+from glacierfs.commands import pricing
+from glacierfs.commands.copyplan import DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item, PlanError
 
 TIERS = ("Expedited", "Standard", "Bulk")
 BLOCK = 4 * treehash.MIB          # read size: four tree-hash leaves, hashed in parallel
@@ -86,22 +90,8 @@ class DestFull(Exception):
     """DEST refuses writes (full, quota, read-only): nothing more can be copied."""
 
 
-def human(n: float) -> str:
-    from glacierfs.commands import human as _human
-    return _human(n)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
 def status_doc(mount: Path) -> dict:  # type: ignore[type-arg]
-    raw = copyplan.xattr(mount, copyplan.STATUS_XATTR)
+    raw = read_xattr(mount, STATUS_XATTR)
     if raw is None:
         raise OSError(errno.ENODATA, f"{mount} is no longer a live glacierfs mount")
     return json.loads(raw)
@@ -302,9 +292,9 @@ class Copier:
     # -- state of one file on the mount
     def refresh(self, item: Item) -> None:
         before = (item.cache, item.job_status)
-        item.cache = copyplan.xattr(item.src, "user.glacier.cache") or "absent"
+        item.cache = read_xattr(item.src, "user.glacier.cache") or "absent"
         if item.cache != "cached":
-            item.job_status = copyplan.xattr(item.src, "user.glacier.job.status")
+            item.job_status = read_xattr(item.src, "user.glacier.job.status")
             if item.cache == "partial":
                 item.seen_bytes = True
         if (item.cache, item.job_status) != before:
@@ -324,7 +314,7 @@ class Copier:
             tier = self.mount_tier[mount] = str(
                 self.docs[mount].get("limits", {}).get("tier") or "Standard")
         if item.job_status == "Failed":
-            item.stale_job_id = copyplan.xattr(item.src, "user.glacier.job.id")
+            item.stale_job_id = read_xattr(item.src, "user.glacier.job.id")
         try:
             os.setxattr(item.src, "user.glacier.restore", tier.encode())
         except OSError as exc:
@@ -348,9 +338,9 @@ class Copier:
                 changed = True
             elif item.job_status == "Failed":
                 if item.stale_job_id and time.monotonic() - item.requested_at < STALE_FAILURE \
-                        and copyplan.xattr(item.src, "user.glacier.job.id") == item.stale_job_id:
+                        and read_xattr(item.src, "user.glacier.job.id") == item.stale_job_id:
                     continue  # our request has not replaced the old failed job yet
-                message = copyplan.xattr(item.src, "user.glacier.job.status_message")
+                message = read_xattr(item.src, "user.glacier.job.status_message")
                 self.fail(item, f"retrieval failed: {message or 'unknown reason'}")
                 changed = True
             elif item.cache == "absent" and item.seen_bytes and item.job_status == "Succeeded":

@@ -31,16 +31,16 @@ from typing import Any, NamedTuple
 
 import trio
 
-from glacierfs import glacier
+from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.cache import ArchiveLayout, CacheFullError, ChunkCache, NoRoomError, NotCached
-from glacierfs.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
-from glacierfs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
+from glacierfs.cache.chunkcache import ArchiveLayout, CacheFullError, ChunkCache, NoRoomError, NotCached
+from glacierfs.cache.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
+from glacierfs.jobs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
                                 JobStore)
-from glacierfs.namespace import Entry
+from glacierfs.catalog.namespace import Entry
 from glacierfs.options import MountOptions
-from glacierfs.ranges import RangeBook
-from glacierfs.room import ROOM_REASON, CacheRoom
+from glacierfs.jobs.ranges import RangeBook
+from glacierfs.jobs.room import ROOM_REASON, CacheRoom
 
 log = logging.getLogger(__name__)
 

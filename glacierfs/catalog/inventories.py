@@ -24,10 +24,11 @@ from collections.abc import Callable
 
 import trio
 
-from glacierfs import diskfull, glacier
+from glacierfs import diskfull
+from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.inventory import InventoryFormatError
-from glacierfs.namespace import Namespace, ingest_inventory
+from glacierfs.catalog.inventory import InventoryFormatError
+from glacierfs.catalog.namespace import Namespace, ingest_inventory
 from glacierfs.options import MountOptions
 from glacierfs.store import Store
 

@@ -32,8 +32,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from glacierfs import diskfull, glacier, treehash
-from glacierfs.cache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
+from glacierfs import diskfull, treehash
+from glacierfs.aws import glacier
+from glacierfs.cache.chunkcache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
                              NotCached)
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB

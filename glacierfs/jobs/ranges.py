@@ -33,13 +33,14 @@ from datetime import UTC, datetime
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from glacierfs import glacier, treehash
-from glacierfs.cache import ArchiveLayout, ChunkCache
-from glacierfs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
+from glacierfs import treehash
+from glacierfs.aws import glacier
+from glacierfs.cache.chunkcache import ArchiveLayout, ChunkCache
+from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
 from glacierfs.treehash import MIB
 
 if TYPE_CHECKING:
-    from glacierfs.namespace import Entry
+    from glacierfs.catalog.namespace import Entry
     from glacierfs.options import MountOptions
 
 # Glacier: Expedited retrievals are for archives, or ranges, under 250 MB.

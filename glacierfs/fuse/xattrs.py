@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from glacierfs.namespace import Entry, VaultInfo
+from glacierfs.catalog.namespace import Entry, VaultInfo
 
 if TYPE_CHECKING:
-    from glacierfs.namespace import Namespace
+    from glacierfs.catalog.namespace import Namespace
     from glacierfs.options import MountOptions
-    from glacierfs.retrieval import Retrieval
-    from glacierfs.selectjobs import SelectJobs
+    from glacierfs.jobs.retrieval import Retrieval
+    from glacierfs.jobs.selectjobs import SelectJobs
 
 PREFIX = "user.glacier."
 STATUS_XATTR = "user.glacier.status"   # on the mount root: JSON for ``glacierfs status``
@@ -81,6 +81,6 @@ def _inventory_status(info: VaultInfo) -> str:
 
 def root_attributes(ns: Namespace, retrieval: Retrieval, options: MountOptions,
                     selects: SelectJobs | None = None) -> dict[str, str]:
-    from glacierfs.status import status_document
+    from glacierfs.fuse.status import status_document
     doc = status_document(ns, retrieval, options, max_jobs=MAX_STATUS_JOBS, selects=selects)
     return {STATUS_XATTR: json.dumps(doc, separators=(",", ":"))}

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from glacierfs.commands import human
+from glacierfs.formatting import human
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.store import Store
 

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from glacierfs import glacier
+from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
-from glacierfs.selectspec import SELECT_JOBS_XATTR, SelectRequest, job_key
+from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
+from glacierfs.jobs.selectspec import SELECT_JOBS_XATTR, SelectRequest, job_key
 from glacierfs.store import Store
 
 if TYPE_CHECKING:
-    from glacierfs.namespace import Entry
+    from glacierfs.catalog.namespace import Entry
     from glacierfs.options import MountOptions
-    from glacierfs.retrieval import Retrieval
+    from glacierfs.jobs.retrieval import Retrieval
 
 log = logging.getLogger(__name__)
 
