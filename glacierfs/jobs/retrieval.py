@@ -17,7 +17,10 @@ crash, is adopted). Completions are found by polling ListJobs once per vault per
 interval chosen by tier. ``max_jobs`` and ``budget`` hold requests as ``Queued``; they start in
 request order as room appears.
 
-Runs on the trio thread. The design note in the README describes the same machine.
+Runs on the trio thread. The design note in the README describes the same machine. The class is
+assembled from parts in their own modules: the shared state and transitions (lifecycle.py), the
+start queue and limits (startqueue.py), polling and adoption (polling.py); this module has the
+requests, the reads and what the downloader reports.
 """
 
 from __future__ import annotations
@@ -25,48 +28,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from datetime import datetime, timedelta, UTC
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import trio
 
 from glacierfs.aws import glacier
-from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.cache.chunkcache import ArchiveLayout, CacheFullError, ChunkCache, NoRoomError, NotCached
-from glacierfs.cache.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
+from glacierfs.cache.download import FOREGROUND, Downloader
 from glacierfs.jobs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
                                 JobStore)
 from glacierfs.catalog.namespace import Entry
 from glacierfs.options import MountOptions
+from glacierfs.jobs.lifecycle import OUTPUT_LIFETIME, ArchiveLookup
+from glacierfs.jobs.polling import Polling
 from glacierfs.jobs.ranges import RangeBook
 from glacierfs.jobs.room import ROOM_REASON, CacheRoom
+from glacierfs.jobs.startqueue import StartQueue
 
 log = logging.getLogger(__name__)
 
-# Seconds between completion checks by tier when ``poll`` is not set, and the earliest a job
-# of that tier can be done (Glacier's documented ranges), so no call is wasted before then.
-POLL_INTERVAL = {"Expedited": 30.0, "Standard": 900.0, "Bulk": 1800.0}
-EARLIEST_DONE = {"Expedited": 60.0, "Standard": 3 * 3600.0, "Bulk": 5 * 3600.0}
-REMOTE_JOBS_FRESH = 60.0     # how long one ListJobs answer is trusted for job reuse
-OUTPUT_LIFETIME = 24 * 3600  # Glacier keeps job output at least this long after completion
 CHUNK_WAIT = 30.0            # a reader waits this long for chunks of a finished job
-START_RETRY = 60.0           # a job that could not be started (throttled, endpoint down)
-LOCAL_RETRY = 10.0           # … or that waits only for room in the cache dir to record it
 # How long a read or a restore request waits for Glacier's answers (ListJobs, InitiateJob) before
 # answering: past it the request goes on in the background and the reader gets "not ready". With a
 # dead or silent endpoint botocore's timeouts and retries take minutes; a `cat` must not.
 REQUEST_WAIT = 5.0
-# Every this many polling rounds a vault's jobs are listed whole (the others list only completed
-# jobs, far fewer pages when many jobs are in flight), so a job that vanished is still noticed.
-FULL_LISTING_EVERY = 10
-OUR_DESCRIPTION = "glacierfs"
 DOWNLOADED = "downloaded and verified"
 EVICTED = ("downloaded and verified, since evicted from the cache; a read downloads it again "
            "(from the same job while Glacier keeps its output, else from a new job)")
 # Chunks in flight are kept to 1/IN_FLIGHT_SHARE of the cache (see download_streams).
 IN_FLIGHT_SHARE = 4
-LAYOUT_MEMO = 4096           # chunk grids remembered (a few hundred bytes each)
 
 
 class RetrievalError(Exception):
@@ -89,10 +80,6 @@ class CacheFull(RetrievalError):
     """The cache disk is full (ENOSPC)."""
 
 
-def _utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 class _PendingRequest(NamedTuple):
     """A ``request()`` still waiting for Glacier's first answer."""
     done: trio.Event      # set when it ends
@@ -101,7 +88,9 @@ class _PendingRequest(NamedTuple):
     tier: str
 
 
-class Retrieval(DownloadOutcome):
+class Retrieval(Polling, StartQueue):
+    """Requests and reads of archives, and the downloader's outcomes (see the module doc)."""
+
     def __init__(self, jobstore: JobStore, client: glacier.AsyncGlacier, cache: ChunkCache,
                  options: MountOptions, entries: ArchiveLookup,
                  room: CacheRoom | None = None) -> None:
@@ -134,7 +123,6 @@ class Retrieval(DownloadOutcome):
         # Other paid jobs in flight that count against max_jobs (select jobs: selectjobs.py).
         self.extra_in_flight: Callable[[], int] = lambda: 0
 
-    # --- queries (for xattrs and status) --------------------------------------------------
     def record(self, archive_id: str) -> JobRecord | None:
         """The archive's job record; while its request still waits for Glacier's first answer
         (a slow endpoint), a provisional Queued one, so getfattr shows that it was asked for."""
@@ -159,16 +147,6 @@ class Retrieval(DownloadOutcome):
                            None)
         return pending
 
-    def layout(self, entry: Entry) -> ArchiveLayout:
-        """The archive's chunk grid; remembered, since every read needs it."""
-        key = (entry.archive_id or "", entry.size)
-        layout = self._layouts.get(key)
-        if layout is None:
-            if len(self._layouts) >= LAYOUT_MEMO:
-                self._layouts.clear()
-            layout = self._layouts[key] = ArchiveLayout(key[0], key[1], self.options.chunk_size)
-        return layout
-
     def cache_state(self, entry: Entry) -> tuple[str, int]:
         """(``absent``|``partial``|``cached``, verified bytes held). An empty archive has
         nothing to retrieve, so it counts as cached and never costs a job."""
@@ -183,11 +161,6 @@ class Retrieval(DownloadOutcome):
             return EVICTED
         return rec.status_message
 
-    def queued(self) -> list[JobRecord]:
-        return sorted((r for r in self.records.values() if r.state == QUEUED),
-                      key=lambda r: r.requested_at)
-
-    # --- requests -----------------------------------------------------------------------
     async def request(self, entry: Entry, tier: str | None = None, explicit: bool = False,
                       chunks: list[int] | None = None) -> JobRecord | None:
         """Make sure the archive (``chunks`` None), or the chunks a read needs, are (being)
@@ -262,24 +235,6 @@ class Retrieval(DownloadOutcome):
         missing = [i for i in wanted if i not in present] or wanted
         return self.ranges.covering(layout, missing[0])
 
-    async def _start_or_queue(self, rec: JobRecord) -> None:
-        """Save a new (or replaced) unit, then start it if nothing older waits and the limits
-        allow, else leave it Queued with the reason."""
-        self._save(rec)
-        if not any(r.state == QUEUED and r.requested_at < rec.requested_at
-                   for r in self.records.values()) and self._limits_allow(rec) is None:
-            await self._initiate(rec)
-        else:
-            rec.status_message = self._limits_allow(rec) or "waiting for earlier requests"
-            self._save(rec)
-            self._queue_wake.set()
-
-    async def _remote_or_none(self, vault: str) -> list[dict[str, Any]]:
-        try:
-            return await self._vault_jobs(vault)
-        except glacier.GlacierError:
-            return []
-
     async def request_within(self, entry: Entry, wait: float, tier: str | None = None,
                              explicit: bool = False,
                              chunks: list[int] | None = None) -> JobRecord | None:
@@ -324,172 +279,6 @@ class Retrieval(DownloadOutcome):
             return self._unit(self.layout(entry), chunks[0])
         return self.records.get(archive_id)  # another caller's request, now finished
 
-    def _limits_allow(self, rec: JobRecord, cache_room: bool = True) -> str | None:
-        """None when ``rec`` may start now, else the reason it waits (shown to users).
-        ``cache_room``: its bytes come into the cache (not so for a select job's)."""
-        opts = self.options
-        if time.time() < self.unreachable_until:
-            return "the Glacier endpoint is unreachable; will retry"
-        room = self.room.refuses(rec.archive_id, rec.size) if cache_room else None
-        if room is not None:
-            return room
-        if opts.max_jobs:
-            running = sum(1 for r in self.records.values() if r.state in (IN_PROGRESS, INITIATING))
-            running += self.extra_in_flight()
-            if running >= opts.max_jobs:
-                return f"waiting: {running} of max_jobs={opts.max_jobs} jobs in flight"
-        if opts.budget is not None:
-            if rec.size > opts.budget:
-                return (f"archive is larger than the daily budget ({opts.budget} bytes); "
-                        "raise budget= (or set range_size= to retrieve it in ranges)")
-            # Starts in flight count too: their spend is recorded only once InitiateJob answers,
-            # and concurrent requests must not all pass the check in that window.
-            spent = self.jobs.spent_in_window() + sum(
-                r.size for r in self.records.values() if r.state == INITIATING and not r.job_id)
-            if spent + rec.size > opts.budget:
-                return f"waiting: daily budget used ({spent} of {opts.budget} bytes)"
-        return None
-
-    async def _initiate(self, rec: JobRecord) -> None:
-        self.room.hold(rec.archive_id)  # before any await: concurrent starts see the room taken
-        rec.state = INITIATING
-        rec.initiated_at = time.time()
-        rec.status_message = None
-        if not self._save(rec):  # saved before the paid call: a crash never leads to a second job
-            self._requeue(rec, "waiting: the job cannot be recorded in the cache dir (disk "
-                               "full?) and is not started before it can; will retry",
-                          retry_in=LOCAL_RETRY)
-            return
-        tier = rec.tier
-        while True:
-            try:
-                self._starting.add(rec.key)
-                try:
-                    job_id = await self.client.initiate_archive_retrieval(
-                        rec.vault, rec.archive_id, tier,
-                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}", rec.byte_range)
-                finally:
-                    self._starting.discard(rec.key)
-                break
-            except glacier.InsufficientCapacity:
-                if tier == "Expedited" and self.options.expedited_fallback:
-                    log.info("Expedited capacity unavailable for %s; using Standard",
-                             rec.archive_id[:16])
-                    tier = "Standard"
-                    continue
-                self._requeue(rec, "Expedited capacity unavailable; will retry")
-                return
-            except glacier.PolicyEnforced as exc:
-                self._fail(rec, f"refused by the account's data retrieval policy: {exc.message}")
-                return
-            except glacier.AccessDenied as exc:
-                self._fail(rec, f"access denied: {exc}")
-                return
-            except glacier.NotFound:
-                self._fail(rec, "Glacier does not know this archive (deleted since the inventory?)")
-                return
-            except glacier.Unreachable as exc:
-                # No answer: the job may have started. Stay Initiating; the poll loop looks for
-                # it with ListJobs and starts it again only if Glacier has none.
-                self.unreachable_until = time.time() + START_RETRY
-                rec.status_message = f"no answer to InitiateJob ({exc.code}); checking " \
-                                     "whether the job started"
-                rec.next_poll = time.time() + min(self._interval(tier), START_RETRY)
-                self._save(rec)
-                self._signal(rec.archive_id)
-                return
-            except (glacier.ServiceUnavailable, glacier.Throttled) as exc:
-                self._requeue(rec, f"could not start the job ({exc.code}); will retry")
-                return
-            except glacier.GlacierError as exc:
-                self._fail(rec, f"InitiateJob failed: {exc}")
-                return
-        rec.state = IN_PROGRESS
-        rec.job_id = job_id
-        if tier != rec.tier:
-            rec.status_message = f"{rec.tier} capacity unavailable; started as {tier}"
-        rec.tier = tier
-        rec.creation_date = _utc_now_iso()
-        rec.completion_date = None   # an earlier job's, when this one replaces it
-        rec.next_poll = time.time() + self._first_poll_delay(tier)
-        self._save(rec)
-        self.jobs.record_spend(rec.archive_id, rec.size)
-        log.info("started %s retrieval job %s for archive %s (%d bytes%s)", tier, job_id[:16],
-                 rec.archive_id[:16], rec.size,
-                 f", range {rec.byte_range}" if rec.ranged else "")
-        self._signal(rec.archive_id)
-
-    def _requeue(self, rec: JobRecord, message: str, retry_in: float | None = None) -> None:
-        self.room.unhold(rec.archive_id)
-        rec.state = QUEUED
-        rec.job_id = None
-        rec.status_message = message
-        rec.next_poll = time.time() + (START_RETRY if retry_in is None else retry_in)
-        self._save(rec)
-        self._signal(rec.archive_id)
-
-    def _fail(self, rec: JobRecord, message: str) -> None:
-        self.room.release(rec.archive_id)
-        rec.state = FAILED
-        rec.status_message = message
-        self._save(rec)
-        log.warning("retrieval of archive %s failed: %s", rec.archive_id[:16], message)
-        self._signal(rec.archive_id)
-
-    async def _find_remote_job(self, entry: Entry,
-                               failed_job: str | None = None) -> JobRecord | None:
-        """Adopt a usable job for this archive listed by Glacier (InProgress, or Succeeded
-        with output not yet expired), never ``failed_job``."""
-        try:
-            jobs = await self._vault_jobs(entry.vault)
-        except glacier.GlacierError as exc:
-            log.info("ListJobs for %s failed (%s); not looking for an existing job",
-                     entry.vault, exc)
-            return None
-        best: dict[str, Any] | None = None
-        for job in jobs:
-            if job.get("Action") != "ArchiveRetrieval" or job.get("ArchiveId") != entry.archive_id \
-                    or (failed_job and job.get("JobId") == failed_job):
-                continue
-            rng = job.get("RetrievalByteRange")
-            if rng and rng != f"0-{max(entry.size - 1, 0)}":
-                continue
-            status = job.get("StatusCode")
-            if status == "Failed":
-                continue
-            if status == "Succeeded":
-                done = glacier.parse_date(job.get("CompletionDate"))
-                if done is None or datetime.now(UTC) - done > \
-                        timedelta(seconds=OUTPUT_LIFETIME - 3600):
-                    continue
-            if best is None or (job.get("CreationDate") or "") > (best.get("CreationDate") or ""):
-                best = job
-        if best is None:
-            return None
-        rec = JobRecord(archive_id=entry.archive_id or "", vault=entry.vault,
-                        state=str(best["StatusCode"]), tier=str(best.get("Tier") or "Standard"),
-                        size=entry.size, tree_hash=entry.tree_hash, requested_at=time.time(),
-                        job_id=str(best["JobId"]), creation_date=best.get("CreationDate"),
-                        completion_date=best.get("CompletionDate"),
-                        status_message="reusing an existing job", initiated_at=None,
-                        next_poll=time.time())
-        self._save(rec)
-        log.info("reusing job %s for archive %s", rec.job_id and rec.job_id[:16],
-                 rec.archive_id[:16])
-        if rec.state == SUCCEEDED:
-            self._schedule_download(rec, self.layout(entry))
-        return rec
-
-    async def _vault_jobs(self, vault: str, fresh: bool = False) -> list[dict[str, Any]]:
-        async with self._lock_for(self._vault_locks, vault):
-            cached = self._remote_jobs.get(vault)
-            if cached and not fresh and trio.current_time() - cached[0] < REMOTE_JOBS_FRESH:
-                return cached[1]
-            jobs = await self.client.list_jobs(vault)
-            self._remote_jobs[vault] = (trio.current_time(), jobs)
-            return jobs
-
-    # --- reading --------------------------------------------------------------------------
     async def read(self, entry: Entry, offset: int, size: int, may_start: bool) -> bytes:
         """Verified bytes of a file, from the cache; starts or joins a retrieval if needed.
 
@@ -561,10 +350,6 @@ class Retrieval(DownloadOutcome):
             with trio.move_on_after(remaining):
                 await self._changed_event(archive_id).wait()
 
-    def _unit(self, layout: ArchiveLayout, index: int) -> JobRecord | None:
-        """The record serving chunk ``index``: the whole-archive one, else the covering range."""
-        return self.records.get(layout.archive_id) or self.ranges.covering(layout, index)
-
     def _read_ahead(self, entry: Entry, layout: ArchiveLayout, offset: int, end: int) -> None:
         """A sequential reader of a big archive: the next windows are requested ahead."""
         tier = self.options.tier
@@ -593,7 +378,6 @@ class Retrieval(DownloadOutcome):
                 layout_has = self.downloader.waiter(archive_id, index)
                 await layout_has.wait()
 
-    # --- background: polling and the queue ---------------------------------------------
     async def run(self) -> None:
         """Background loops; returns only when cancelled."""
         self._recover()
@@ -620,181 +404,6 @@ class Retrieval(DownloadOutcome):
                 entry = incomplete[rec.archive_id]
                 if entry is not None:
                     self._schedule_download(rec, self.layout(entry))
-
-    async def _poll_loop(self) -> None:
-        while True:
-            now = time.time()
-            due: set[str] = {r.vault for r in self.records.values()
-                             if r.state in (IN_PROGRESS, INITIATING) and (r.next_poll or 0) <= now}
-            for vault in sorted(due):
-                try:
-                    await self.poll_vault(vault)
-                except Exception as exc:  # one bad round must not end the mount
-                    if isinstance(exc, (glacier.GlacierError, *LOCAL_ERRORS)):
-                        log.info("polling %s failed: %s", vault, exc)
-                    else:
-                        log.exception("polling %s: internal error", vault)
-                    for r in self.records.values():
-                        if r.vault == vault and r.state in (IN_PROGRESS, INITIATING):
-                            r.next_poll = now + min(self._interval(r.tier), START_RETRY)
-            try:
-                await self._verify_ranges()
-            except Exception:  # noqa: BLE001 — logged; the next round checks again
-                log.exception("verifying ranges: internal error")
-            await trio.sleep(1)
-
-    async def poll_vault(self, vault: str) -> None:
-        """One ListJobs round for a vault: every job of ours there is brought up to date.
-
-        Most rounds list only completed jobs (``completed=true``): a job of ours not among them
-        is taken to be still running. Such a round costs one page per 50 recently completed jobs
-        in the vault, not one per 50 jobs in flight (1,000 jobs waiting for hours: one call per
-        round instead of 20). Every ``FULL_LISTING_EVERY``-th round, and whenever a record was
-        left in Initiating by a restart (its job id is unknown), the vault is listed whole, so
-        a job that vanished is still noticed.
-        """
-        round_no = self._poll_rounds.get(vault, 0)
-        self._poll_rounds[vault] = round_no + 1
-        if round_no % FULL_LISTING_EVERY == 0 or any(
-                r.vault == vault and r.state == INITIATING for r in self.records.values()):
-            jobs = {j["JobId"]: j for j in await self._vault_jobs(vault, fresh=True)}
-        else:
-            jobs = {j["JobId"]: j for j in await self.client.list_jobs(vault, completed=True)}
-            for rec in self.records.values():
-                if rec.vault == vault and rec.state == IN_PROGRESS and rec.job_id \
-                        and rec.job_id not in jobs:
-                    jobs[rec.job_id] = {"JobId": rec.job_id, "StatusCode": "InProgress"}
-        by_archive: dict[str, list[dict[str, Any]]] = {}
-        for job in jobs.values():
-            if job.get("Action") == "ArchiveRetrieval":
-                by_archive.setdefault(str(job.get("ArchiveId")), []).append(job)
-        now = time.time()
-        for rec in [r for r in self.records.values() if r.vault == vault]:
-            if rec.state == INITIATING:
-                if rec.key not in self._starting:  # left by a crash or a lost answer
-                    self._resolve_initiating(rec, [
-                        j for j in by_archive.get(rec.archive_id, [])
-                        if self.ranges.same_range(j, rec)])
-                continue
-            if rec.state != IN_PROGRESS or not rec.job_id:
-                continue
-            job = jobs.get(rec.job_id)
-            if job is None:
-                await self._job_missing(rec)
-                continue
-            status = job.get("StatusCode")
-            if status == "Succeeded":
-                rec.state = SUCCEEDED
-                rec.completion_date = job.get("CompletionDate")
-                rec.status_message = job.get("StatusMessage")
-                if rec.ranged:  # the range's own tree hash: its chunks must fold to it
-                    rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
-                self._save(rec)
-                log.info("job %s for archive %s succeeded", rec.job_id[:16], rec.archive_id[:16])
-                entry = self.entries.file_by_archive(rec.archive_id)
-                if entry is not None:
-                    self._schedule_download(rec, self.layout(entry))
-                self._signal(rec.archive_id)
-                self._queue_wake.set()
-            elif status == "Failed":
-                rec.completion_date = job.get("CompletionDate")
-                self._fail(rec, f"Glacier: {job.get('StatusMessage') or 'job failed'}")
-                self._queue_wake.set()
-            else:
-                rec.next_poll = now + self._interval(rec.tier)
-                self._save(rec)
-
-    async def _job_missing(self, rec: JobRecord) -> None:
-        """Our job is not in ListJobs: if Glacier no longer knows it (its output expired while
-        we were not looking), request a new one; the verified chunks are kept."""
-        assert rec.job_id
-        try:
-            job: dict[str, Any] | None = await self.client.describe_job(rec.vault, rec.job_id)
-        except glacier.NotFound:
-            job = None
-        except glacier.GlacierError as exc:
-            log.info("DescribeJob %s failed: %s", rec.job_id[:16], exc)
-            rec.next_poll = time.time() + self._interval(rec.tier)
-            self._save(rec)
-            return
-        if job is not None:  # listed late; the next round sees it
-            rec.next_poll = time.time() + self._interval(rec.tier)
-            self._save(rec)
-            return
-        log.info("job %s for archive %s is gone (expired); requesting a new job",
-                 rec.job_id[:16], rec.archive_id[:16])
-        rec.state = QUEUED
-        rec.job_id = None
-        rec.requested_at = time.time()
-        rec.next_poll = None
-        rec.status_message = "the previous job expired before its output was downloaded; " \
-                             "a new job was requested (verified chunks kept)"
-        self._save(rec)
-        self._queue_wake.set()
-        self._signal(rec.archive_id)
-
-    def _resolve_initiating(self, rec: JobRecord, candidates: list[dict[str, Any]]) -> None:
-        """A record left in Initiating by a crash: adopt the job if Glacier has one."""
-        since = datetime.fromtimestamp((rec.initiated_at or 0) - 600, UTC)
-        for job in sorted(candidates, key=lambda j: j.get("CreationDate") or "", reverse=True):
-            created = glacier.parse_date(job.get("CreationDate"))
-            if created is not None and created >= since and job.get("StatusCode") != "Failed":
-                rec.state = str(job["StatusCode"])
-                rec.job_id = str(job["JobId"])
-                if rec.ranged:
-                    rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
-                rec.creation_date = job.get("CreationDate")
-                rec.completion_date = job.get("CompletionDate")
-                rec.next_poll = time.time() + self._interval(rec.tier)
-                rec.status_message = "adopted the job found in ListJobs (its start was not " \
-                                     "confirmed before)"
-                self._save(rec)
-                self.jobs.record_spend(rec.archive_id, rec.size)
-                self.room.hold(rec.archive_id)
-                log.info("found job %s started before a restart", rec.job_id[:16])
-                if rec.state == SUCCEEDED:
-                    entry = self.entries.file_by_archive(rec.archive_id)
-                    if entry is not None:
-                        self._schedule_download(rec, self.layout(entry))
-                return
-        self._requeue(rec, "the job may not have started before a restart; starting it")
-        rec.next_poll = 0
-        self._queue_wake.set()
-
-    async def _queue_loop(self) -> None:
-        while True:
-            with trio.move_on_after(5):
-                await self._queue_wake.wait()
-            self._queue_wake = trio.Event()
-            try:
-                await self._start_queued()
-            except Exception as exc:  # one bad round must not end the mount; records stay queued
-                if isinstance(exc, LOCAL_ERRORS):
-                    log.warning("queued retrievals not started: %s", exc)
-                else:
-                    log.exception("starting queued retrievals: internal error")
-
-    async def _start_queued(self) -> None:
-        """Start what the limits allow, oldest request first."""
-        for rec in self.queued():
-            if (rec.next_poll or 0) > time.time():
-                continue
-            reason = self._limits_allow(rec)
-            if reason is not None:
-                if rec.status_message != reason:
-                    rec.status_message = reason
-                    self._save(rec)
-                if "larger than the daily budget" in reason:
-                    continue
-                break  # keep request order: nothing younger jumps the queue
-            await self._initiate(rec)
-
-    # --- download outcomes ------------------------------------------------------------------
-    def _schedule_download(self, rec: JobRecord, layout: ArchiveLayout) -> None:
-        missing = self.ranges.missing_of(rec, layout)
-        if missing and rec.job_id:
-            self.downloader.enqueue(rec.vault, rec.job_id, layout, missing, BACKGROUND,
-                                    output_start=rec.range_start)
 
     async def output_expired(self, archive_id: str, job_id: str | None = None) -> None:
         recs = [r for r in self.ranges.of_archive(archive_id)
@@ -843,66 +452,12 @@ class Retrieval(DownloadOutcome):
             self._save(rec)
         return message
 
-    def _queue_wake_set(self) -> None:
-        self._queue_wake.set()
-
     def _expected_root(self, archive_id: str) -> str | None:
         rec = self.records.get(archive_id)
         if rec is not None:
             return rec.tree_hash
         entry = self.entries.file_by_archive(archive_id)  # ranges only: the inventory's root
         return entry.tree_hash if entry else None
-
-    async def _verify_ranges(self) -> None:
-        """Ranges whose chunks are all in: their fold must be the range's SHA256TreeHash."""
-        for archive_id in {r.archive_id for r in self.records.values()
-                           if r.ranged and r.state == SUCCEEDED
-                           and not self.ranges.is_verified(r)}:
-            entry = self.entries.file_by_archive(archive_id)
-            if entry is None:
-                continue
-            layout = self.layout(entry)
-            hashes = self.cache.chunk_tree_hashes(layout)
-            for rec in self.ranges.unverified(archive_id):
-                if self.ranges.verify(rec, layout, hashes) is False:
-                    reason = (f"bytes {rec.byte_range} do not fold to the range's tree hash "
-                              f"{rec.tree_hash}; the downloaded bytes were discarded")
-                    self.downloader.cancel_archive(archive_id)
-                    await trio.to_thread.run_sync(self.cache.discard_archive, archive_id)
-                    await self.archive_failed(archive_id, reason)
-                    break
-
-    # --- helpers ------------------------------------------------------------------------------
-    def _interval(self, tier: str) -> float:
-        return self.options.poll_interval or POLL_INTERVAL.get(tier, 900.0)
-
-    def _first_poll_delay(self, tier: str) -> float:
-        return self.options.poll_interval or EARLIEST_DONE.get(tier, 3600.0)
-
-    def _save(self, rec: JobRecord) -> bool:
-        """Keep ``rec`` and write it through; False when the disk refused (kept unsaved and
-        written with the next change that succeeds)."""
-        self.records[rec.key] = rec
-        self.ranges.track(rec)
-        return self.jobs.save(rec)
-
-    def _signal(self, archive_id: str) -> None:
-        event = self._changed.pop(archive_id, None)
-        if event is not None:
-            event.set()
-
-    def _changed_event(self, archive_id: str) -> trio.Event:
-        event = self._changed.get(archive_id)
-        if event is None:
-            event = self._changed[archive_id] = trio.Event()
-        return event
-
-    @staticmethod
-    def _lock_for(locks: dict[str, trio.Lock], key: str) -> trio.Lock:
-        lock = locks.get(key)
-        if lock is None:
-            lock = locks[key] = trio.Lock()
-        return lock
 
 
 def download_streams(options: MountOptions, cache_limit: int) -> int:
@@ -911,9 +466,3 @@ def download_streams(options: MountOptions, cache_limit: int) -> int:
     readers get to them, and every reader starves."""
     return max(min(2, options.downloads),
                min(options.downloads, cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))
-
-
-class ArchiveLookup:
-    """What the retrieval side needs from the namespace (an interface; Namespace fits it)."""
-
-    def file_by_archive(self, archive_id: str) -> Entry | None: ...

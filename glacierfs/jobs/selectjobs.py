@@ -27,6 +27,7 @@ import trio
 
 from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
+from glacierfs.jobs import lifecycle   # polling intervals by tier, as for retrievals
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
 from glacierfs.jobs.selectspec import SELECT_JOBS_XATTR, SelectRequest, job_key
 from glacierfs.store import Store
@@ -51,8 +52,6 @@ REQUEST_WAIT = 5.0
 RETRY = 60.0          # a start refused for a transient reason is tried again after this
 LOOP_INTERVAL = 1.0   # the background loop's tick: queued starts and due polls
 DESCRIPTION = "glacierfs select"
-# Seconds between completion checks by tier when ``poll`` is not set (as for retrievals).
-POLL_INTERVAL = {"Expedited": 30.0, "Standard": 900.0, "Bulk": 1800.0}
 
 
 @dataclass
@@ -351,7 +350,7 @@ class SelectJobs:
                 self._save(rec)
 
     def _interval(self, tier: str) -> float:
-        return self.options.poll_interval or POLL_INTERVAL.get(tier, POLL_INTERVAL["Standard"])
+        return self.options.poll_interval or lifecycle.POLL_INTERVAL.get(tier, lifecycle.POLL_INTERVAL["Standard"])
 
     def _save(self, rec: SelectRecord) -> bool:
         self.records[rec.key] = rec

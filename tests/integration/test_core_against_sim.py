@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from glacierfs.aws import glacier
-from glacierfs.aws import glacier as glacier_module# tests' ``glacier`` is a fixture
+from glacierfs.aws import glacier as glacier_module  # tests' ``glacier`` is a fixture
 from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.catalog.inventories import Inventories
 from glacierfs.jobs.jobstore import JobStore
@@ -166,8 +166,8 @@ def test_full_state_disk_holds_the_paid_call_until_the_job_can_be_recorded(
     """A job is recorded before InitiateJob is sent (so a crash never pays twice). With the
     state database full, no job is started and the file says why; once there is room the
     same request goes ahead, once."""
-    from glacierfs.jobs import retrieval as retrieval_module
-    monkeypatch.setattr(retrieval_module, "LOCAL_RETRY", 0.5)
+    from glacierfs.jobs import lifecycle
+    monkeypatch.setattr(lifecycle, "LOCAL_RETRY", 0.5)
     data = b"kept safe " * 1000
     upload(glacier, vault, data, "full.txt")
     core = Core(sim, tmp_path)

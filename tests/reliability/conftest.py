@@ -14,7 +14,7 @@ import pytest
 import rel_util
 
 from glacierfs.cache import download
-from glacierfs.jobs import retrieval
+from glacierfs.jobs import lifecycle
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(download, "BACKOFF_CAP", 0.3)
     monkeypatch.setattr(download, "DISK_FULL_PAUSE", 0.3)
     monkeypatch.setattr(download, "ROUND_PAUSE", 0.5)
-    monkeypatch.setattr(retrieval, "START_RETRY", 1.0)
+    monkeypatch.setattr(lifecycle, "START_RETRY", 1.0)
 
 
 @pytest.fixture
