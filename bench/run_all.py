@@ -34,7 +34,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ranged.py": (["--size", "128M", "--repeat", "1"],
                   ["--size", "6M", "--range-size", "1M", "--chunk-size", "1M", "--repeat", "1"]),
     "copy_tree.py": (["--size", "256M", "--files", "16"],
-                     ["--size", "16M", "--files", "16", "--chunk-size", "1M",
+                     ["--size", "32M", "--files", "16", "--chunk-size", "1M",
                       "--job-delay", "0.2"]),
     "soak.py": (["--quick"],   # 10 minutes by default; --quick: 60 s
                 ["--duration", "15", "--sample", "1", "--workers", "2"]),
