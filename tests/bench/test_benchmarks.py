@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,24 +110,45 @@ def _failing_half_way(workdir: Path) -> Run:
                                        str(workdir)], workdir, TIMEOUT)
 
 
+def _wanted(session: pytest.Session) -> set[str]:
+    """The runs the selected tests of this module look at (``-k treehash`` starts one)."""
+    wanted = set()
+    for item in session.items:
+        if item.module is not sys.modules[__name__]:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec and "name" in callspec.params:
+            wanted.add(callspec.params["name"])
+        for key, test in (("sigterm", "test_sigterm"), ("failing", "test_a_benchmark_failing"),
+                          ("run_all.py", "test_run_all")):
+            if item.name.startswith(test):
+                wanted.add(key)
+    return wanted
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
-    """Every tiny run (and the two stopped half-way), started a few at a time."""
+def runs(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
+    """The tiny runs (and the two stopped half-way) that the selected tests need, started a
+    few at a time."""
+    wanted = _wanted(request.session)
     can_mount = fuse_unavailable() is None
     pool = ThreadPoolExecutor(max_workers=PARALLEL)
     futures: dict[str, Future] = {}
-    if can_mount:
+    if can_mount and "sigterm" in wanted:
         futures["sigterm"] = pool.submit(_interrupted_by_sigterm,
                                          tmp_path_factory.mktemp("sigterm"))
+    if can_mount and "failing" in wanted:
         futures["failing"] = pool.submit(_failing_half_way, tmp_path_factory.mktemp("failing"))
     for name in ORDER:
-        if can_mount or name in NO_MOUNT:
+        if name in wanted and (can_mount or name in NO_MOUNT):
             work = tmp_path_factory.mktemp(name[:-3])
             futures[name] = pool.submit(run_script, name, [*TINY[name], "--workdir", str(work)],
                                         work, TIMEOUT)
-    futures["run_all.py"] = pool.submit(run_script, "run_all.py",
-                                        ["--tiny", "--only", "treehash"],
-                                        tmp_path_factory.mktemp("run_all"), TIMEOUT)
+    if "run_all.py" in wanted:
+        futures["run_all.py"] = pool.submit(run_script, "run_all.py",
+                                            ["--tiny", "--only", "treehash"],
+                                            tmp_path_factory.mktemp("run_all"), TIMEOUT)
     try:
         yield futures
     finally:
