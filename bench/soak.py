@@ -19,8 +19,9 @@ the emulator with short job delays:
 
 For each resource: the value after the warm-up (the first 20% of the run), at the end, the
 maximum, and the growth per hour from a least-squares slope over the post-warm-up samples.
-The verdict is a measurement ("flat" within a stated tolerance), not an assertion; the exit
-status is non-zero only if a byte mismatched or the daemon died.
+The verdict is a measurement ("flat" within a stated tolerance), not an assertion, and needs
+five minutes of samples after the warm-up (shorter runs, such as ``--quick``, say "too short to
+tell"); the exit status is non-zero only if a byte mismatched or the daemon died.
 """
 
 from __future__ import annotations

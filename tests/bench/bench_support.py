@@ -57,6 +57,8 @@ def fuse_unavailable() -> str | None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         return f"tools not on PATH: {', '.join(missing)}"
+    if not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        return "/proc/sys/vm/drop_caches is not writable (the cold-read benchmark drops caches)"
     try:
         fd = os.open("/dev/fuse", os.O_RDWR)
     except OSError as exc:
