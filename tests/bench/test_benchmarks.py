@@ -156,6 +156,7 @@ def runs(request: pytest.FixtureRequest,
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ORDER)
 def test_benchmark_runs_at_a_tiny_size(name: str, runs: dict[str, Future],
                                        request: pytest.FixtureRequest) -> None:
@@ -194,6 +195,7 @@ def test_run_all_runs_what_it_is_asked(runs: dict[str, Future]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_half_way_takes_the_mount_and_emulator_down(runs: dict[str, Future],
                                                              needs_fuse: None) -> None:
     run, mounted = runs["sigterm"].result()
@@ -204,6 +206,7 @@ def test_sigterm_half_way_takes_the_mount_and_emulator_down(runs: dict[str, Futu
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_benchmark_failing_half_way_leaves_nothing(runs: dict[str, Future],
                                                      needs_fuse: None) -> None:
     run: Run = runs["failing"].result()
