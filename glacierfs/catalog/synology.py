@@ -12,8 +12,8 @@ The database comes from the vault, so it is untrusted input: it is checked to be
 of bounded size, opened read-only and immutable, with ``trusted_schema=OFF`` and
 ``query_only``; only plain SELECTs of the known columns of the known tables run, after
 ``sqlite_master`` says they are ordinary tables (no view, virtual table or generated column is
-ever evaluated; an authorizer refuses reads of anything else and every function but
-``substr``); values are capped in length, rows in number; every path component goes through
+ever evaluated; an authorizer refuses reads of anything else and every function); values are
+capped in length, rows in number; every path component goes through
 ``names.safe_parts``. Whatever is wrong gives :class:`MappingError` with one line of reason,
 and the vault keeps listing by archive id.
 
@@ -109,7 +109,7 @@ def mapping_vault_of(vault: str) -> str:
 # --- reading the untrusted database ----------------------------------------------------------
 
 def _authorizer(tables: frozenset[str]):  # type: ignore[no-untyped-def]
-    """Allow SELECT, reads of the known tables (and ``sqlite_master``) and ``substr`` only."""
+    """Allow SELECT and reads of the known tables (and ``sqlite_master``); no function."""
     allowed_tables = tables | {"sqlite_master", "sqlite_schema"}
 
     def check(action: int, arg1: str | None, arg2: str | None, db: str | None,
@@ -120,8 +120,6 @@ def _authorizer(tables: frozenset[str]):  # type: ignore[no-untyped-def]
             if trigger is None and (arg1 or "").lower() in allowed_tables:
                 return sqlite3.SQLITE_OK
             return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "substr":
-            return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in ("table_xinfo",):
             return sqlite3.SQLITE_OK
         return sqlite3.SQLITE_DENY
@@ -165,8 +163,7 @@ def _tables(db: sqlite3.Connection) -> dict[str, tuple[str, str]]:
     """Known tables by lower-case name → (real name, type): read from ``sqlite_master``."""
     db.set_authorizer(_authorizer(frozenset()))
     try:
-        rows = db.execute("SELECT type, name, substr(sql, 1, 64) FROM sqlite_master "
-                          "LIMIT 10000").fetchall()
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master LIMIT 10000").fetchall()
     except sqlite3.Error as exc:
         raise MappingError(f"the mapping database is damaged: {exc}") from None
     found: dict[str, tuple[str, str]] = {}
@@ -254,9 +251,9 @@ def read_rows(db: sqlite3.Connection, report: dict[str, object]) -> Iterator[Map
                            f"{', '.join(missing)}")
     report["missing"] = tuple(c for c in OPTIONAL if c.lower() not in cols)
     report["info"] = _info(db, tables)
-    select = ", ".join(
-        f"substr({_quoted(cols[c.lower()])}, 1, {MAX_FIELD_CHARS + 1})"
-        if c.lower() in cols else "NULL" for c in REQUIRED + OPTIONAL)
+    # Plain columns (a value over MAX_VALUE_BYTES stops the read: SQLITE_LIMIT_LENGTH).
+    select = ", ".join(_quoted(cols[c.lower()]) if c.lower() in cols else "NULL"
+                       for c in REQUIRED + OPTIONAL)
     # Plain scan: no WHERE or ORDER BY, so no index (and no expression in one) is consulted.
     cursor = db.execute(f"SELECT {select} FROM {_quoted(real)} LIMIT {MAX_ROWS + 1}")
     rows = skipped = 0
@@ -297,9 +294,8 @@ def _info(db: sqlite3.Connection, tables: dict[str, tuple[str, str]]) -> dict[st
         cols = _columns(db, real, ("key", "value"))
         if len(cols) < 2:
             return {}
-        rows = db.execute(f"SELECT substr({_quoted(cols['key'])}, 1, 64), "
-                          f"substr({_quoted(cols['value'])}, 1, 256) FROM {_quoted(real)} "
-                          f"LIMIT {MAX_INFO_ROWS}").fetchall()
+        rows = db.execute(f"SELECT {_quoted(cols['key'])}, {_quoted(cols['value'])} "
+                          f"FROM {_quoted(real)} LIMIT {MAX_INFO_ROWS}").fetchall()
     except sqlite3.Error:
         return {}
     out = {}
