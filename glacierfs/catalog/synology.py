@@ -384,3 +384,18 @@ def names_state(db: sqlite3.Connection, vault: str) -> NamesState | None:
 def has_names(db: sqlite3.Connection, vault: str) -> bool:
     return db.execute("SELECT EXISTS(SELECT 1 FROM synology_paths WHERE vault = ?)",
                       (vault,)).fetchone()[0] == 1
+
+
+def vault_names(db: sqlite3.Connection, vault: str) -> NamesState | None:
+    """What xattrs and status show for ``vault``: its naming state; for a Synology data vault
+    not listed yet, that names come when it is; None for every other vault."""
+    state = names_state(db, vault)
+    if state is not None:
+        return state
+    mapping_vault = mapping_vault_of(vault)
+    if not db.execute("SELECT EXISTS(SELECT 1 FROM vaults WHERE name = ? AND present = 1)",
+                      (mapping_vault,)).fetchone()[0]:
+        return None
+    return NamesState(vault, mapping_vault, PENDING,
+                      f"names come from the Synology mapping database in {mapping_vault}; it "
+                      f"is fetched when {vault} is first listed", None, None, None)
