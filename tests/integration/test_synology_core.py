@@ -219,3 +219,37 @@ def test_the_mapping_job_waits_for_max_jobs(sim, glacier, task, tmp_path):
     assert any("max_jobs=1" in m for m in seen), seen
     assert len(_archive_jobs(glacier, MAPPING)) == 1
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=1")
+def test_a_newer_mapping_archive_is_fetched_and_replaces_the_names(sim, glacier, task, tmp_path):
+    ids, mapping_id = task
+    core = Core(sim, tmp_path / "r")
+
+    def loaded(archive_id: str) -> bool:
+        state = core.names()
+        return state is not None and state.status == synology.LOADED and \
+            state.archive_id == archive_id
+
+    trio.run(core.run, lambda names: core.until(lambda: loaded(mapping_id)))
+    core.close()
+    newer = upload(glacier, MAPPING, mapping_db(tmp_path / "map2.db", [
+        ("photo", "renamed/IMG_1.JPG", ids[0], 1431027000, 1, 1)]).read_bytes(), "")
+    trio.run(trio.sleep, 1.1)  # inventory dates have one-second resolution
+    core = Core(sim, tmp_path / "r", inventory_refresh=0.1)
+    assert core.listing("photo") == ["2015", "dup"]   # the stored names, at once
+
+    async def body(names: SynologyNames) -> None:
+        with trio.fail_after(120):
+            while not loaded(newer):   # listed again and again, as a user would
+                names._checked.clear()
+                names.ensure(VAULT)
+                await core.until(lambda: VAULT not in names._running, timeout=120)
+                await trio.sleep(0.3)
+
+    trio.run(core.run, body)
+    assert core.listing("photo") == ["renamed"]
+    assert "docs" not in core.listing()   # no row for them now: listed by id
+    assert sorted(j["ArchiveId"] for j in _archive_jobs(glacier, MAPPING)) == \
+        sorted([mapping_id, newer])
+    core.close()

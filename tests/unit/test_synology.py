@@ -215,6 +215,7 @@ def test_views_and_triggers_are_never_run(store, tmp_path):
     con.close()
 
 
+@pytest.mark.slow
 def test_a_million_rows_stay_bounded(store, tmp_path, monkeypatch):
     """A million rows naming one archive at a million paths: all read (flat memory, batched),
     and with a lower cap the rest is cut and said."""
