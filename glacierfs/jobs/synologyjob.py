@@ -124,9 +124,14 @@ class SynologyNames:
                 state.status == synology.LOADED:
             return  # the names shown are the newest mapping's
         path = mapping_path(self.ns.store.path.parent, vault, entry.archive_id)
-        if state is not None and state.archive_id == entry.archive_id and \
-                state.status == synology.FAILED and path.exists():
+        refused = path.with_suffix(".refused")
+        if refused.exists():
             return  # these bytes were read and refused; the same bytes fail the same way
+        if entry.size > synology.MAX_MAPPING_BYTES:
+            self._failed(vault, f"the newest archive of {mapping_vault} is {entry.size} bytes, "
+                                "too large to be a Synology mapping database; not retrieved",
+                         entry.archive_id)
+            return
         if not path.exists() and not await self._fetch(vault, mapping_vault, entry, path):
             return
         note = f" ({mapping_vault} holds {count} archives; the newest is used)" if count > 1 \
@@ -138,8 +143,12 @@ class SynologyNames:
             result = await trio.to_thread.run_sync(_load, state_dir, vault, path,
                                                    entry.archive_id)
         except synology.MappingError as exc:
+            kept = "the names of the previous mapping stay" if state is not None and \
+                state.status == synology.LOADED else f"{vault} lists its archives by id"
             self._failed(vault, f"the mapping database in {mapping_vault} cannot be used: "
-                                f"{exc}; {vault} lists its archives by id", entry.archive_id)
+                                f"{exc}; {kept}", entry.archive_id)
+            with contextlib.suppress(OSError):
+                refused.write_text(f"{exc}\n")
             return
         if note:
             with contextlib.suppress(*LOCAL_ERRORS):

@@ -188,10 +188,16 @@ def test_a_mapping_that_is_not_sqlite_leaves_ids_and_says_why(sim, glacier, tmp_
         await core.until(lambda: core.names() is not None
                          and core.names().status == synology.FAILED)
         await core.until(lambda: core.ns.vault(VAULT).inventory_date is not None)
+        await core.until(lambda: VAULT not in names._running)
+        names._checked.clear()
+        names.ensure(VAULT)      # listed again: the same bytes are not fetched or read again
+        await core.until(lambda: VAULT not in names._running)
 
     trio.run(core.run, body)
     assert "not a SQLite database" in core.names().message
+    assert core.names().status == synology.FAILED
     assert core.listing() == sorted([BY_ID_DIR, *ids])
+    assert len(_archive_jobs(glacier, MAPPING)) == 1
     core.close()
 
 
