@@ -51,10 +51,23 @@ LOCAL_CHECK = 2.0     # while a mapping is on its way: how often the cache and r
 MAPPING_DIR = "synology"
 
 
+def _tag(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def mapping_path(state_dir: Path, vault: str, archive_id: str) -> Path:
-    """Where a mapping archive's bytes are kept (one file per vault and archive)."""
-    tag = hashlib.sha256(f"{vault}\0{archive_id}".encode()).hexdigest()[:24]
-    return state_dir / MAPPING_DIR / f"{tag}.sqlite"
+    """Where a mapping archive's bytes are kept (one file per vault and archive; names
+    hashed, since vault names and ids are not ours to trust as file names)."""
+    return state_dir / MAPPING_DIR / f"{_tag(vault)}-{_tag(archive_id)}.sqlite"
+
+
+def _drop_older(path: Path) -> None:
+    """Files of earlier mappings of the same vault, once a newer one is loaded."""
+    prefix = path.name.split("-", 1)[0] + "-"
+    for other in path.parent.glob(prefix + "*"):
+        if other.name != path.name:
+            with contextlib.suppress(OSError):
+                other.unlink()
 
 
 class SynologyNames:
@@ -150,6 +163,7 @@ class SynologyNames:
             with contextlib.suppress(OSError):
                 refused.write_text(f"{exc}\n")
             return
+        _drop_older(path)
         if note:
             with contextlib.suppress(*LOCAL_ERRORS):
                 state = synology.names_state(self.ns.db, vault)

@@ -258,4 +258,8 @@ def test_a_newer_mapping_archive_is_fetched_and_replaces_the_names(sim, glacier,
     assert "docs" not in core.listing()   # no row for them now: listed by id
     assert sorted(j["ArchiveId"] for j in _archive_jobs(glacier, MAPPING)) == \
         sorted([mapping_id, newer])
+    # only the mapping in use is kept in the state dir
+    state_dir = core.options.state_dir
+    assert [p.name for p in (state_dir / "synology").iterdir()] == \
+        [mapping_path(state_dir, VAULT, newer).name]
     core.close()
