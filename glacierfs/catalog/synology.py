@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glacierfs.catalog import names
+from glacierfs.catalog.namespace import rebuild_tree
 from glacierfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,6 @@ def load_mapping(store: Store, vault: str, path: Path, mapping_archive_id: str) 
     """Read the mapping file at ``path`` and make its paths ``vault``'s names (blocking): the
     rows of ``synology_paths`` are replaced in one transaction, then the vault's tree is rebuilt
     with them. Raises MappingError (nothing changed) when the file cannot be used."""
-    from glacierfs.catalog.namespace import rebuild_tree
     report: dict[str, object] = {"rows": 0, "skipped": 0, "truncated": False, "missing": (),
                                  "info": {}}
     src = open_untrusted(path)

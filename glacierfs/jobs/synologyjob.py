@@ -228,7 +228,8 @@ class SynologyNames:
                                 f"(glacierfs restore {target}) and names appear once it is "
                                 f"in{shown}", archive_id)
                     return False
-            if rec is None or rec.state == SUCCEEDED:
+            if rec is None or (rec.state == SUCCEEDED and
+                               not self.retrieval.downloader.is_downloading(archive_id)):
                 # (again for a finished job: its output is downloaded, or a new job requested
                 # when Glacier no longer has it)
                 rec = await self.retrieval.request(entry)

@@ -252,3 +252,17 @@ def test_a_file_path_that_is_also_a_directory(store, tmp_path):
     names = tree(store)
     assert "s/a/b.txt" in names
     assert [p for p in names if p.startswith("s/a (")] != []   # the file moved aside
+
+
+def test_names_loaded_before_the_inventory_apply_when_it_comes(store, tmp_path):
+    load_mapping(store, VAULT, mapping_db(tmp_path / "m.db", [
+        ("s", "later.txt", aid(1), 1, 1, 1)]), "M")
+    assert tree(store) == {}
+    ingest_inventory(store, VAULT, inventory([1, 2]), "JSON")
+    assert set(tree(store)) == {"s/later.txt", aid(2)}
+
+
+def test_xattr_state_of_a_synology_vault_before_its_first_listing(store):
+    state = synology.vault_names(store.db, VAULT)
+    assert state.status == synology.PENDING and "first listed" in state.message
+    assert synology.vault_names(store.db, VAULT + "_mapping") is None
