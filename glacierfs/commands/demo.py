@@ -112,6 +112,11 @@ def demo_archives() -> dict[str, list[tuple[str, int]]]:
     }
 
 
+def demo_vaults() -> set[str]:
+    """Every vault the demo creates."""
+    return set(demo_archives()) | {SYNOLOGY_VAULT, SYNOLOGY_VAULT + "_mapping"}
+
+
 # --- orchestration ---------------------------------------------------------------------------
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
