@@ -100,13 +100,15 @@ class SynologyNames:
         self.nursery.start_soon(self._run, vault)
 
     def _state(self, vault: str, status: str, message: str | None,
-               archive_id: str | None = None) -> None:
+               archive_id: str | None = None) -> bool:
+        """Record the vault's naming state; False when it was already that."""
         current = synology.names_state(self.ns.db, vault)
         if current is not None and (current.status, current.message) == (status, message) \
                 and (archive_id is None or archive_id == current.archive_id):
-            return
+            return False
         with contextlib.suppress(*LOCAL_ERRORS):
             synology.set_state(self.ns.db, vault, status, message, archive_id)
+        return True
 
     async def _run(self, vault: str) -> None:
         """Never raises: what goes wrong is one line in the log and in the vault's
@@ -123,8 +125,8 @@ class SynologyNames:
             self._running.discard(vault)
 
     def _failed(self, vault: str, message: str, archive_id: str | None = None) -> None:
-        log.warning("vault %s: %s", vault, message)
-        self._state(vault, synology.FAILED, message, archive_id)
+        if self._state(vault, synology.FAILED, message, archive_id):
+            log.warning("vault %s: %s", vault, message)
 
     async def _run_inner(self, vault: str) -> None:
         mapping_vault = synology.mapping_vault_of(vault)
@@ -146,7 +148,7 @@ class SynologyNames:
                          entry.archive_id)
             return
         if not path.exists() and not await self._fetch(vault, mapping_vault, entry, path):
-            return
+            return  # a newer mapping appeared meanwhile: the next listing fetches that one
         note = f" ({mapping_vault} holds {count} archives; the newest is used)" if count > 1 \
             else ""
         self._state(vault, synology.PENDING, f"reading the mapping database{note}",
@@ -193,19 +195,25 @@ class SynologyNames:
                             f"which holds the mapping database (until then {vault} lists its "
                             "archives by id)")
             await trio.sleep(LOCAL_CHECK)
-        rows = self.ns.db.execute(
-            "SELECT inode FROM entries WHERE vault = ? AND kind = ? AND key IS NULL "
-            "AND archive_id IS NOT NULL AND parent > 0 "
-            "ORDER BY creation_ns DESC, archive_id DESC", (mapping_vault, KIND_FILE)).fetchall()
+        rows = self._mapping_archives(mapping_vault)
         if not rows:
             self._failed(vault, f"{mapping_vault} holds no archive: no mapping database; "
                                 f"{vault} lists its archives by id")
             return None, 0
         return self.ns.get(rows[0][0]), len(rows)
 
+    def _mapping_archives(self, mapping_vault: str) -> list[tuple[int, str]]:
+        """(inode, archive id) of the mapping vault's archives, newest first."""
+        return self.ns.db.execute(
+            "SELECT inode, archive_id FROM entries WHERE vault = ? AND kind = ? AND key IS NULL "
+            "AND archive_id IS NOT NULL AND parent > 0 "
+            "ORDER BY creation_ns DESC, archive_id DESC", (mapping_vault, KIND_FILE)).fetchall()
+
     async def _fetch(self, vault: str, mapping_vault: str, entry: Entry, path: Path) -> bool:
-        """The mapping archive's verified bytes, copied to ``path``; False when they are not
-        to be had now (the state says why)."""
+        """The mapping archive's verified bytes, copied to ``path``. Waits as long as it takes
+        (a job takes hours; with retrieve=manual, or after a failed job, until someone restores
+        the archive), saying in the vault's state what it waits for. False when a newer
+        mapping archive appeared meanwhile."""
         assert entry.archive_id
         archive_id = entry.archive_id
         where = f"archive {archive_id[:16]}… of {mapping_vault}, {entry.size} bytes"
@@ -214,20 +222,23 @@ class SynologyNames:
             if loaded is not None and loaded.status == synology.LOADED else \
             f" (until then {vault} lists its archives by id)"
         while True:
+            newest = self._mapping_archives(mapping_vault)[:1]
+            if not newest or newest[0][1] != archive_id:
+                return False
             if self.retrieval.cache_state(entry)[0] == "cached":
                 if await self._copy_out(entry, path):
                     return True
             rec = self.retrieval.record(archive_id)
-            if rec is None:
-                if self.options.retrieve == "manual":
-                    target = f"{self.mountpoint}/{mapping_vault}/.by-id/{archive_id}" \
-                        if self.mountpoint else f"{mapping_vault}/.by-id/{archive_id}"
-                    self._state(vault, synology.NOT_REQUESTED,
-                                f"retrieve=manual: names come from the mapping database "
-                                f"({where}), which is not retrieved; restore it "
-                                f"(glacierfs restore {target}) and names appear once it is "
-                                f"in{shown}", archive_id)
-                    return False
+            if rec is None and self.options.retrieve == "manual":
+                target = f"{self.mountpoint}/{mapping_vault}/.by-id/{archive_id}" \
+                    if self.mountpoint else f"{mapping_vault}/.by-id/{archive_id}"
+                self._state(vault, synology.NOT_REQUESTED,
+                            f"retrieve=manual: names come from the mapping database "
+                            f"({where}), which is not retrieved; restore it "
+                            f"(glacierfs restore {target}) and names appear once it is "
+                            f"in{shown}", archive_id)
+                await trio.sleep(LOCAL_CHECK)   # until someone restores it
+                continue
             if rec is None or (rec.state == SUCCEEDED and
                                not self.retrieval.downloader.is_downloading(archive_id)):
                 # (again for a finished job: its output is downloaded, or a new job requested
@@ -235,11 +246,12 @@ class SynologyNames:
                 rec = await self.retrieval.request(entry)
                 if rec is None:
                     continue  # cached meanwhile
-            if rec.state == FAILED:
+            if rec.state == FAILED:   # not paid for again unless someone restores it
                 self._failed(vault, f"the retrieval of the mapping database ({where}) failed: "
                                     f"{rec.status_message or 'unknown reason'}; restore it to "
                                     f"try again{shown}", archive_id)
-                return False
+                await trio.sleep(LOCAL_CHECK)
+                continue
             detail = self.retrieval.shown_message(rec, "absent") or ""
             self._state(vault, synology.PENDING,
                         f"names are coming: the mapping database ({where}) is being retrieved, "

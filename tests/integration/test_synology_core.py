@@ -166,8 +166,6 @@ def test_manual_mode_waits_for_a_restore(sim, glacier, task, tmp_path):
         # the user restores the mapping archive: names come
         entry = core.ns.file_by_archive(mapping_id)
         await core.retrieval.request(entry, explicit=True)
-        names._checked.clear()
-        names.ensure(VAULT)
         await core.until(lambda: core.names().status == synology.LOADED)
 
     trio.run(core.run, body)
