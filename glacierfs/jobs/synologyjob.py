@@ -184,10 +184,11 @@ class SynologyNames:
                 break
             state = synology.names_state(self.ns.db, vault)
             if info.inventory_status == "Failed":
-                self._state(vault, synology.PENDING if state is None else state.status,
-                            f"names come from the mapping database in {mapping_vault}, whose "
-                            f"inventory is not available: {info.inventory_message}; "
-                            "retried when listed again")
+                if state is None or state.status != synology.LOADED:
+                    self._state(vault, synology.PENDING,
+                                f"names come from the mapping database in {mapping_vault}, "
+                                f"whose inventory is not available: {info.inventory_message}; "
+                                "retried when listed again")
                 return None, 0
             if state is None or state.status != synology.LOADED:
                 self._state(vault, synology.PENDING,
@@ -271,6 +272,8 @@ class SynologyNames:
                 while offset < entry.size:
                     data = await self.retrieval.read(entry, offset, min(step, entry.size - offset),
                                                      may_start=False)
+                    if not data:   # never loop on a short answer
+                        return False
                     await trio.to_thread.run_sync(f.write, data)
                     offset += len(data)
                 await trio.to_thread.run_sync(os.fsync, f.fileno())
