@@ -32,7 +32,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from glacierfs.catalog import names
@@ -220,6 +220,16 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@dataclass
+class ReadReport:
+    """What ``read_rows`` saw; filled in while reading."""
+    rows: int = 0
+    skipped: int = 0
+    truncated: bool = False
+    missing: tuple[str, ...] = ()
+    info: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class MappingRow:
     parts: tuple[str, ...]     # safe components of SHARENAME/BASEPATH
@@ -229,10 +239,9 @@ class MappingRow:
     current: bool
 
 
-def read_rows(db: sqlite3.Connection, report: dict[str, object]) -> Iterator[MappingRow]:
-    """The usable rows of ``file_info_tb``, made safe; ``report`` gets ``rows``, ``skipped``,
-    ``truncated``, ``missing`` and ``info``. Raises MappingError for a missing table or a
-    missing required column."""
+def read_rows(db: sqlite3.Connection, report: ReadReport) -> Iterator[MappingRow]:
+    """The usable rows of ``file_info_tb``, made safe, counted in ``report``. Raises
+    MappingError for a missing table or a missing required column."""
     tables = _tables(db)
     if FILE_TABLE not in tables:
         raise MappingError(f"the mapping database has no table {FILE_TABLE}")
@@ -250,8 +259,8 @@ def read_rows(db: sqlite3.Connection, report: dict[str, object]) -> Iterator[Map
     if missing:
         raise MappingError(f"{FILE_TABLE} in the mapping database has no column "
                            f"{', '.join(missing)}")
-    report["missing"] = tuple(c for c in OPTIONAL if c.lower() not in cols)
-    report["info"] = _info(db, tables)
+    report.missing = tuple(c for c in OPTIONAL if c.lower() not in cols)
+    report.info = _info(db, tables)
     # Plain columns (a value over MAX_VALUE_BYTES stops the read: SQLITE_LIMIT_LENGTH).
     select = ", ".join(_quoted(cols[c.lower()]) if c.lower() in cols else "NULL"
                        for c in REQUIRED + OPTIONAL)
@@ -262,7 +271,7 @@ def read_rows(db: sqlite3.Connection, report: dict[str, object]) -> Iterator[Map
         for share, base, archive_id, bkp, version, current in cursor:
             rows += 1
             if rows > MAX_ROWS:
-                report["truncated"] = True
+                report.truncated = True
                 rows -= 1
                 break
             share_t, base_t = _text(share, MAX_FIELD_CHARS), _text(base, MAX_FIELD_CHARS)
@@ -282,8 +291,8 @@ def read_rows(db: sqlite3.Connection, report: dict[str, object]) -> Iterator[Map
         raise MappingError(f"the mapping database could not be read to the end: {exc}") \
             from None
     finally:
-        report["rows"] = rows
-        report["skipped"] = skipped
+        report.rows = rows
+        report.skipped = skipped
 
 
 def _info(db: sqlite3.Connection, tables: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -313,8 +322,7 @@ def load_mapping(store: Store, vault: str, path: Path, mapping_archive_id: str) 
     """Read the mapping file at ``path`` and make its paths ``vault``'s names (blocking): the
     rows of ``synology_paths`` are replaced in one transaction, then the vault's tree is rebuilt
     with them. Raises MappingError (nothing changed) when the file cannot be used."""
-    report: dict[str, object] = {"rows": 0, "skipped": 0, "truncated": False, "missing": (),
-                                 "info": {}}
+    report = ReadReport()
     src = open_untrusted(path)
     db = store.db
     try:
@@ -347,9 +355,8 @@ def load_mapping(store: Store, vault: str, path: Path, mapping_archive_id: str) 
             db.execute("DROP TABLE temp.syno_raw")
     finally:
         src.close()
-    result = MappingResult(int(report["rows"]), int(paths), int(report["skipped"]),  # type: ignore[call-overload]
-                           bool(report["truncated"]), tuple(report["missing"]),  # type: ignore[arg-type]
-                           dict(report["info"]))  # type: ignore[call-overload]
+    result = MappingResult(report.rows, int(paths), report.skipped, report.truncated,
+                           report.missing, report.info)
     rebuild_tree(store, vault)
     set_state(store.db, vault, LOADED, _loaded_message(result), mapping_archive_id, paths)
     return result
