@@ -261,3 +261,25 @@ def test_a_newer_mapping_archive_is_fetched_and_replaces_the_names(sim, glacier,
     assert [p.name for p in (state_dir / "synology").iterdir()] == \
         [mapping_path(state_dir, VAULT, newer).name]
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=5")
+def test_a_remount_while_the_mapping_job_runs_waits_for_that_job(sim, glacier, task, tmp_path):
+    ids, mapping_id = task
+    core = Core(sim, tmp_path / "w")
+
+    def running() -> bool:
+        rec = core.retrieval.record(mapping_id)
+        return rec is not None and rec.job_id is not None
+
+    trio.run(core.run, lambda names: core.until(running))
+    assert core.names().status == synology.PENDING
+    assert "job InProgress" in core.names().message
+    core.close()   # unmounted with the job still running
+
+    again = Core(sim, tmp_path / "w")
+    trio.run(again.run, lambda names: again.until(
+        lambda: again.names().status == synology.LOADED))
+    assert "photo" in again.listing()
+    assert len(_archive_jobs(glacier, MAPPING)) == 1
+    again.close()
