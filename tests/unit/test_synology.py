@@ -266,3 +266,19 @@ def test_xattr_state_of_a_synology_vault_before_its_first_listing(store):
     state = synology.vault_names(store.db, VAULT)
     assert state.status == synology.PENDING and "first listed" in state.message
     assert synology.vault_names(store.db, VAULT + "_mapping") is None
+
+
+def test_vault_xattrs_say_where_names_stand(store, tmp_path):
+    from glacierfs.fuse.xattrs import vault_attributes
+    info = Namespace(store).vault(VAULT)
+    assert not any(k.startswith("user.glacier.names") for k in vault_attributes(info))
+    attrs = vault_attributes(info, synology.vault_names(store.db, VAULT))
+    assert attrs["user.glacier.names.format"] == "synology"
+    assert attrs["user.glacier.names.status"] == "Pending"
+    assert attrs["user.glacier.names.mapping_vault"] == VAULT + "_mapping"
+    ingest_inventory(store, VAULT, inventory([1]), "JSON")
+    load_mapping(store, VAULT, mapping_db(tmp_path / "m.db", [("s", "a", aid(1), 1, 1, 1)]), "M")
+    attrs = vault_attributes(info, synology.vault_names(store.db, VAULT))
+    assert attrs["user.glacier.names.status"] == "Loaded"
+    assert attrs["user.glacier.names.mapping_archive_id"] == "M"
+    assert attrs["user.glacier.names.paths"] == "1"
