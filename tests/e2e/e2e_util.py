@@ -202,9 +202,10 @@ class Mount:
         return self.path / other
 
     def unmount(self) -> None:
-        """Unmount and wait for the daemon to exit; escalates so nothing is left behind."""
+        """Unmount and wait for the daemon to exit; escalates so nothing is left behind (a dead
+        mount too: ``os.path.ismount`` cannot stat it, so the mount table is asked)."""
         try:
-            if os.path.ismount(self.path):
+            if listed_as_mount(self.path):
                 for _ in range(20):
                     if subprocess.run(["fusermount3", "-u", str(self.path)],
                                       capture_output=True).returncode == 0:
@@ -212,7 +213,7 @@ class Mount:
                     time.sleep(0.25)  # a tool may still hold a file open
                 else:
                     subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
-                    if os.path.ismount(self.path):
+                    if listed_as_mount(self.path):
                         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
         finally:
             self._reap()
@@ -281,3 +282,10 @@ def running_emulator(base: Path, *args: str) -> Iterator[SimProcess]:
 def glacierfs_cli(*args: object, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
     """A ``glacierfs`` sub-command as a user runs it (never raises on a non-zero exit)."""
     return run(sys.executable, "-m", "glacierfs.cli", *map(str, args), timeout=timeout)
+
+
+def listed_as_mount(path: Path) -> bool:
+    """Is ``path`` in the mount table (alive or dead)?"""
+    target = str(path).replace(" ", "\\040")
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
