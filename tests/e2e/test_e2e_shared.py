@@ -190,3 +190,16 @@ def test_an_unknown_user_or_group_is_a_mount_error(shared_mounts, emulator) -> N
         message = proc.stderr.strip()
         assert f"no {word} named" in message and "Traceback" not in message, message
         assert not os.path.ismount(where)
+
+
+def test_select_jobs_say_who_started_them(default_mnt) -> None:  # type: ignore[no-untyped-def]
+    path = default_mnt / VAULT / "restore.bin"
+    spec = json.dumps({"query": "SELECT * FROM archive", "output": "s3://results/shared"})
+    refused = as_nobody("setfattr", "-n", "user.glacier.select", "-v", spec, path)
+    assert refused.returncode != 0 and PERMISSION_DENIED in refused.stderr, refused.stderr
+    ok("setfattr", "-n", "user.glacier.select", "-v", spec, path)
+    jobs = json.loads(ok("getfattr", "--only-values", "-n", "user.glacier.select.jobs", path))
+    assert [j["requested_by"]["command"] for j in jobs] == ["setfattr"]
+    assert jobs[0]["requested_by"]["uid"] == 0
+    listed = status_json(default_mnt)["select"]["jobs"]
+    assert [j["requested_by"]["uid"] for j in listed] == [0]
