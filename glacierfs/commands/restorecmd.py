@@ -149,6 +149,18 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def _why_refused(path: Path, exc: OSError) -> str:
+    """On a shared mount: who may start retrievals (``user.glacier.may_retrieve``), or that the
+    kernel wants write permission on the file for a ``setfattr`` (root only, files are 0444)."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    why = read_xattr(path, "user.glacier.may_retrieve") or ""
+    if why.startswith("no:"):
+        return " (" + why.removeprefix("no: ") + ")"
+    return (" (the kernel allows setting the restore attribute to root only; as another user, "
+            "reading the file starts its retrieval)")
+
+
 def requester_label(who: dict | None) -> str:  # type: ignore[type-arg]
     """``by alice (cat)``, ``by uid 1234 (rsync)``; a job adopted from Glacier's job list (started
     elsewhere), or recorded before requesters were kept, has none."""
@@ -257,7 +269,8 @@ def cmd_restore(argv: list[str]) -> int:
         try:
             os.setxattr(path, "user.glacier.restore", tier.encode())
         except OSError as exc:
-            print(f"glacierfs restore: {path}: {exc.strerror}", file=sys.stderr)
+            print(f"glacierfs restore: {path}: {exc.strerror}{_why_refused(path, exc)}",
+                  file=sys.stderr)
             failed += 1
             continue
         asked.append(path)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,11 @@ def test_another_users_read_of_an_uncached_file_is_refused_and_starts_nothing(
     restore = as_nobody("setfattr", "-n", "user.glacier.restore", "-v", "Bulk", path)
     assert restore.returncode != 0
     assert PERMISSION_DENIED in restore.stderr, restore.stderr
+    # `glacierfs restore` says why and who may.
+    cli = as_nobody(sys.executable, "-m", "glacierfs.cli", "restore", path)
+    assert cli.returncode != 0
+    assert "Permission denied (nobody may not start retrievals" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr
     # Still refused on a second try (nothing was queued by the first), and no job anywhere.
     assert PERMISSION_DENIED in as_nobody("cat", path).stderr
     assert archive_jobs(emulator, VAULT, ids["uncached.bin"]) == []
