@@ -133,6 +133,7 @@ class GlacierOperations(pyfuse3.Operations):
         self._next_fh = 1
         self.callers = Callers()
         self.spenders = Spenders.for_mount(options)
+        self._refused: set[tuple[int | None, int]] = set()   # (uid, inode) logged
         self._xattr_memo: dict[tuple[int, bytes], tuple[float, bytes]] = {}
         self.mounted_at_ns = time.time_ns()  # the root's (and empty vaults') mtime
 
@@ -252,6 +253,7 @@ class GlacierOperations(pyfuse3.Operations):
             raise
         except NotRequested:
             if handle.denied:
+                self._log_refusal(handle)
                 raise pyfuse3.FUSEError(errno.EACCES) from None
             raise
 
@@ -265,6 +267,18 @@ class GlacierOperations(pyfuse3.Operations):
         if not allowed:
             log.debug("uid %s (%s) may not start retrievals here", uid, caller.command)
         return allowed
+
+    def _log_refusal(self, handle: OpenFile) -> None:
+        """Once per user and file: the log says whose reads were refused (not every read)."""
+        asker = handle.asker or Requester(None)
+        key = (asker.uid, handle.entry.inode)
+        if key in self._refused:
+            return
+        if len(self._refused) > 10000:
+            self._refused.clear()
+        self._refused.add(key)
+        log.info("read of %s by %s refused (EACCES): not cached, and this user may not start "
+                 "retrievals here (retrieve_users)", self.ns.path_of(handle.entry), asker.label())
 
     def _may_retrieve_value(self, ctx: pyfuse3.RequestContext) -> str:
         caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid)

@@ -3,8 +3,8 @@
 On a mount shared with ``allow_other`` every local user, cron job and indexer can read. A read
 of bytes not cached starts a retrieval billed to the mounting user's account, so the mount
 names who may spend (``retrieve_users``): root and the mounting user always (they hold the
-credentials and the cache dir; refusing them protects nothing), and the users and groups
-listed. Everyone else reads what is cached; what would need a new job they are refused
+credentials and the cache dir; refusing them protects nothing), the owner the mount shows
+(``uid=``: root mounting for alice mounts for her), and the users and groups listed. Everyone else reads what is cached; what would need a new job they are refused
 (EACCES, chosen by the adapter), and their restore and select requests too.
 
 Every job record keeps who asked for it (uid, user name, process name). The adapter knows who
@@ -113,30 +113,39 @@ def of_record(rec: Any) -> Requester:
 class Spenders:
     """The ``retrieve_users`` policy of one mount."""
     owner_uid: int                      # the mounting user (the daemon's uid)
-    listed: tuple[Principal, ...] = ()  # empty: root and the owner only
+    listed: tuple[Principal, ...] = ()  # empty: root and the owners only
+    shown_uid: int | None = None        # ``uid=``: the owner every file shows
 
     @classmethod
     def for_mount(cls, options: MountOptions, owner_uid: int | None = None) -> Spenders:
-        return cls(os.getuid() if owner_uid is None else owner_uid, options.retrieve_users)
+        return cls(os.getuid() if owner_uid is None else owner_uid, options.retrieve_users,
+                   options.uid)
 
     def allows(self, uid: int, gids: Iterable[int] = ()) -> bool:
         """May a caller with this uid and these groups (primary and supplementary) start a
         paid job?"""
-        if uid in (ROOT_UID, self.owner_uid):
+        if uid in (ROOT_UID, self.owner_uid, self.shown_uid):
             return True
         groups = set(gids)
         return any(p.anyone or p.uid == uid or (p.gid is not None and p.gid in groups)
                    for p in self.listed)
 
     def describe(self) -> str:
-        """Who may, in words: ``root, the mounting user (uid 1000), alice, @backup``."""
-        owner = "root" if self.owner_uid == ROOT_UID else \
-            f"root and {user_name(self.owner_uid) or f'uid {self.owner_uid}'} (the mounting user)"
-        names = [p.name for p in self.listed]
+        """Who may, in words: ``root and bob (the mounting user); retrieve_users: alice,
+        @backup``."""
         if any(p.anyone for p in self.listed):
             return "anyone (retrieve_users=*)"
+        owner = "root" if self.owner_uid == ROOT_UID else \
+            f"root and {self._name(self.owner_uid)} (the mounting user)"
+        if self.shown_uid not in (None, ROOT_UID, self.owner_uid):
+            owner += f", {self._name(self.shown_uid)} (the owner, uid=)"
+        names = [p.name for p in self.listed]
         return owner + (f"; retrieve_users: {', '.join(names)}" if names else
                         " (no retrieve_users given)")
+
+    @staticmethod
+    def _name(uid: int | None) -> str:
+        return (user_name(uid) if uid is not None else None) or f"uid {uid}"
 
     def refusal(self, requester: Requester) -> str:
         """Why this caller's read or restore starts nothing (the ``user.glacier.may_retrieve``

@@ -124,6 +124,8 @@ def test_another_users_read_of_an_uncached_file_is_refused_and_starts_nothing(
     assert not any((j.get("path") or "").endswith("uncached.bin")
                    for j in status_json(default_mnt)["jobs"])
     assert run("getfattr", "-n", "user.glacier.job.status", path).returncode != 0
+    refusals = [x for x in default_mnt.log_text().splitlines() if "refused (EACCES)" in x]
+    assert len(refusals) == 1 and "by nobody (cat)" in refusals[0], refusals
 
 
 def test_the_mounting_users_read_starts_a_job_that_says_who_started_it(

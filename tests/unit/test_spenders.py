@@ -52,6 +52,12 @@ def test_by_default_only_root_and_the_mounting_user_may_spend() -> None:
     assert not policy.allows(NOBODY.pw_uid, [NOBODY.pw_gid])
 
 
+def test_the_owner_a_mount_shows_may_spend() -> None:
+    policy = Spenders.for_mount(parse_options("us-east-1", ["uid=1500"]), owner_uid=0)
+    assert policy.allows(1500) and policy.allows(0) and not policy.allows(1501)
+    assert "uid=" in policy.describe()
+
+
 def test_listed_users_and_groups_may_spend_and_no_one_else() -> None:
     policy = Spenders.for_mount(_opts("1234:@4321"), owner_uid=1000)
     assert policy.allows(1234, [])
