@@ -142,6 +142,8 @@ def test_the_mounting_users_read_starts_a_job_that_says_who_started_it(
     assert text.returncode == 0, text.stderr
     line = next(x for x in text.stdout.decode().splitlines() if "cached.bin" in x)
     assert "by root (cat)" in line, line
+    assert ok("getfattr", "--only-values", "-n", "user.glacier.job.requested_by",
+              path) == b"root (cat)"
     # While the job runs, another user's read of the same file joins it (costs nothing new).
     joined = as_nobody("cat", path)
     assert NOT_READY_TEXT in joined.stderr, joined.stderr
