@@ -63,6 +63,16 @@ class Requester:
 UNKNOWN = Requester(None)
 
 
+def job_description_suffix(rec: Any) -> str:
+    """`` for alice (cat) uid 1000`` for a job's Glacier description, so the AWS console and
+    other machines' job lists say who asked too. Glacier takes printable ASCII only."""
+    who = of_record(rec)
+    if who.uid is None:
+        return ""
+    text = f" for {who.label()} uid {who.uid}"
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
 def user_name(uid: int) -> str | None:
     try:
         return pwd.getpwuid(uid).pw_name

@@ -133,7 +133,9 @@ def test_the_mounting_users_read_starts_a_job_that_says_who_started_it(
     path = default_mnt / VAULT / "cached.bin"
     proc = run("cat", path)
     assert proc.returncode != 0 and NOT_READY_TEXT in proc.stderr, proc.stderr
-    assert len(archive_jobs(emulator, VAULT, ids["cached.bin"])) == 1
+    started = archive_jobs(emulator, VAULT, ids["cached.bin"])
+    assert len(started) == 1
+    assert started[0]["JobDescription"].endswith(" for root (cat) uid 0"), started[0]
     job = job_for(default_mnt, "cached.bin")
     assert job["requested_by"]["uid"] == 0
     assert job["requested_by"]["user"] == "root"

@@ -134,3 +134,12 @@ def test_status_names_who_started_each_job() -> None:
     assert "requester unknown" in next(x for x in lines if "other.pdf" in x)
     assert "retrieve_users erin, @backup" in lines[-1]
     assert requester_label({"uid": 7, "user": None, "command": None}) == "by uid 7"
+
+
+def test_glacier_job_descriptions_name_the_asker_in_printable_ascii() -> None:
+    rec = JobRecord(archive_id="a", vault="v", state=QUEUED, tier="Bulk", size=1, tree_hash=None,
+                    requested_at=0.0, requested_uid=1001, requested_user="jürgen",
+                    requested_command="cp")
+    assert spenders.job_description_suffix(rec) == " for j?rgen (cp) uid 1001"
+    rec.requested_uid = None
+    assert spenders.job_description_suffix(rec) == ""
