@@ -319,7 +319,9 @@ class GlacierOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         entry = self._entry(inode)
         names = [name.encode() for name in self._xattr_values(entry)]
-        return names + [MAY_RETRIEVE_XATTR.encode()] if entry.kind == KIND_FILE else names
+        if entry.kind == KIND_FILE and self._may_retrieve_value(ctx) != "yes":
+            names.append(MAY_RETRIEVE_XATTR.encode())  # listed when there is something to say
+        return names
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -109,6 +109,9 @@ def test_another_users_read_of_an_uncached_file_is_refused_and_starts_nothing(
     assert why.returncode == 0, why.stderr
     assert why.stdout.decode().startswith("no: nobody may not start retrievals"), why.stdout
     assert ok("getfattr", "--only-values", "-n", "user.glacier.may_retrieve", path) == b"yes"
+    listed = as_nobody("getfattr", "-d", "-m", "user.glacier", path).stdout.decode()
+    assert 'user.glacier.may_retrieve="no: nobody may not' in listed, listed
+    assert "may_retrieve" not in ok("getfattr", "-d", "-m", "user.glacier", path).decode()
     # A restore request is refused the same way.
     restore = as_nobody("setfattr", "-n", "user.glacier.restore", "-v", "Bulk", path)
     assert restore.returncode != 0
