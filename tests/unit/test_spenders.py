@@ -143,3 +143,26 @@ def test_glacier_job_descriptions_name_the_asker_in_printable_ascii() -> None:
     assert spenders.job_description_suffix(rec) == " for j?rgen (cp) uid 1001"
     rec.requested_uid = None
     assert spenders.job_description_suffix(rec) == ""
+
+
+OLD_SELECT_TABLE = """
+CREATE TABLE select_jobs (
+    key TEXT PRIMARY KEY, archive_id TEXT NOT NULL, vault TEXT NOT NULL, state TEXT NOT NULL,
+    tier TEXT NOT NULL, size INTEGER NOT NULL, request TEXT NOT NULL, requested_at REAL NOT NULL,
+    job_id TEXT, output_path TEXT, status_message TEXT, creation_date TEXT,
+    completion_date TEXT, initiated_at REAL, next_poll REAL);
+INSERT INTO select_jobs (key, archive_id, vault, state, tier, size, request, requested_at)
+    VALUES ('k', 'a', 'v', 'InProgress', 'Standard', 3,
+            '{"query": "SELECT * FROM archive", "output": "s3://b/p"}', 1.0);
+"""
+
+
+def test_select_jobs_from_before_keep_their_records_and_say_the_requester_is_unknown(tmp_path):  # type: ignore[no-untyped-def]
+    from glacierfs.jobs.selectjobs import SelectJobs
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(OLD_SELECT_TABLE)
+    db.close()
+    selects = SelectJobs(Store(tmp_path), None, _opts(), None)  # type: ignore[arg-type]
+    (entry,) = selects.status_entries()
+    assert entry["key"] == "k" and entry["status"] == "InProgress"
+    assert entry["requested_by"] == {"uid": None, "user": None, "command": None}
