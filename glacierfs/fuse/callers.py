@@ -60,10 +60,14 @@ class Callers:
             self._names[uid] = user_name(uid)
         return self._names[uid]
 
-    def of(self, uid: int, gid: int, pid: int) -> Caller:
+    def of(self, uid: int, gid: int, pid: int, groups: bool = True) -> Caller:
+        """The caller; ``groups`` False skips the supplementary groups (only the primary one
+        is given) when the policy needs none, as for root and the mounting user."""
         command = process_name(pid)
-        gids = process_groups(pid)
         name = self.name(uid)
+        if not groups:
+            return Caller(Requester(uid, name, command or None), frozenset({gid}), command)
+        gids = process_groups(pid)
         if gids is None:
             gids = set()
             if name is not None:

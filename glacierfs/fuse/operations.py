@@ -225,7 +225,7 @@ class GlacierOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid)
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
         may_start = self.options.retrieve == "auto" and \
             caller.command not in self._ignored_names
         denied = may_start and not self._may_spend(caller)
@@ -261,6 +261,10 @@ class GlacierOperations(pyfuse3.Operations):
         self._open_files.pop(fh, None)
 
     # --- who may spend (jobs/spenders.py) ---------------------------------------------------
+    def _needs_groups(self, uid: int) -> bool:
+        """Only callers the policy does not allow by uid need their groups looked up."""
+        return not self.spenders.allows(uid)
+
     def _may_spend(self, caller: Caller) -> bool:
         uid = caller.requester.uid
         allowed = uid is not None and self.spenders.allows(uid, caller.gids)
@@ -281,7 +285,7 @@ class GlacierOperations(pyfuse3.Operations):
                  "retrievals here (retrieve_users)", self.ns.path_of(handle.entry), asker.label())
 
     def _may_retrieve_value(self, ctx: pyfuse3.RequestContext) -> str:
-        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid)
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
         if not self.spenders.allows(ctx.uid, caller.gids):
             return self.spenders.refusal(caller.requester)
         if self.options.retrieve != "auto":
@@ -351,7 +355,7 @@ class GlacierOperations(pyfuse3.Operations):
         if not paid:
             raise pyfuse3.FUSEError(errno.EROFS if name.startswith(b"user.glacier.")
                                     else errno.ENOTSUP)
-        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid)
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
         if not self._may_spend(caller):
             raise pyfuse3.FUSEError(errno.EACCES)
         with asking(caller.requester):

@@ -166,3 +166,13 @@ def test_select_jobs_from_before_keep_their_records_and_say_the_requester_is_unk
     (entry,) = selects.status_entries()
     assert entry["key"] == "k" and entry["status"] == "InProgress"
     assert entry["requested_by"] == {"uid": None, "user": None, "command": None}
+
+
+def test_a_callers_groups_and_name_come_from_its_process() -> None:
+    from glacierfs.fuse.callers import Callers
+    me = Callers().of(os.getuid(), os.getgid(), os.getpid())
+    assert set(os.getgroups()) | {os.getgid()} <= me.gids
+    assert me.requester.uid == os.getuid() and me.requester.command == me.command != ""
+    gone = Callers().of(NOBODY.pw_uid, NOBODY.pw_gid, 2 ** 22 + 1)   # no such process
+    assert gone.requester == Requester(NOBODY.pw_uid, "nobody", None)
+    assert NOBODY.pw_gid in gone.gids
