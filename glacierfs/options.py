@@ -4,12 +4,17 @@ Pure module. ``mount.fuse3`` adds generic options of its own (``dev``, ``suid``,
 fstab lines carry more (``_netdev``, ``nofail``, ``x-systemd.*``); those are accepted and either
 used (``ro``, ``allow_other``) or ignored. Anything else that is not a glacierfs option is
 refused, so a typo never silently changes what a mount costs.
+
+The one lookup it makes is of user and group names in ``retrieve_users`` (the system's user
+database), so that a name that does not exist is a mount error, not a silent hole.
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import urllib.parse
 from dataclasses import dataclass, field, replace
@@ -45,6 +50,19 @@ _ACCOUNT_RE = re.compile(r"^(-|\d{12})$")
 
 
 LOCAL_POLL = 2.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """One entry of ``retrieve_users``, resolved when the mount line is read: a user (``uid``),
+    a group (``gid``), or ``*`` (anyone: neither)."""
+    name: str                 # as written: alice, 1001, @backup, @1002, *
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def anyone(self) -> bool:
+        return self.uid is None and self.gid is None
 
 
 def is_loopback_url(url: str | None) -> bool:
@@ -119,6 +137,8 @@ class MountOptions:
     inventory_refresh: float = 86400.0
     expedited_fallback: bool = True
     retrieve_ignore: tuple[str, ...] = DEFAULT_RETRIEVE_IGNORE
+    # Who besides root and the mounting user may start retrievals (jobs/spenders.py).
+    retrieve_users: tuple[Principal, ...] = ()
     chunk_size: int = 16 * 1024 * 1024
     downloads: int = 4           # chunks fetched at once
     readahead: int = 1024 * 1024  # kernel readahead for the mount (root only); 0: kernel default
@@ -289,6 +309,8 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
     elif key == "retrieve_ignore":
         v = value or ""
         values[key] = tuple(n for n in v.split(":") if n)
+    elif key == "retrieve_users":
+        values[key] = parse_principals(_need(value, key))
     elif key in ("uid", "gid"):
         values[key] = _parse_int(_need(value, key), key)
     elif key == "umask":
@@ -301,6 +323,38 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
         values["foreground"] = True
     else:
         raise OptionError(f"unknown option '{key}' (see glacierfs --help for the options)")
+
+
+def parse_principals(text: str, name: str = "retrieve_users") -> tuple[Principal, ...]:
+    """``alice:1001:@backup:@1002`` → principals; ``*`` is anyone. Names must exist here;
+    numbers are taken as they are (a uid or gid need not have a name)."""
+    out: list[Principal] = []
+    for item in (i.strip() for i in text.split(":")):
+        if not item:
+            continue
+        if item == "*":
+            out.append(Principal("*"))
+        elif item.startswith("@"):
+            group = item[1:]
+            if group.isdigit():
+                out.append(Principal(item, gid=int(group)))
+                continue
+            try:
+                out.append(Principal(item, gid=grp.getgrnam(group).gr_gid))
+            except KeyError:
+                raise OptionError(f"{name}: there is no group named '{group}' on this "
+                                  "system (groups are written @NAME or @GID)") from None
+        elif item.isdigit():
+            out.append(Principal(item, uid=int(item)))
+        else:
+            try:
+                out.append(Principal(item, uid=pwd.getpwnam(item).pw_uid))
+            except KeyError:
+                raise OptionError(f"{name}: there is no user named '{item}' on this system "
+                                  "(groups are written @NAME)") from None
+    if not out:
+        raise OptionError(f"{name} needs at least one user or @group ({name}=alice:@backup)")
+    return tuple(out)
 
 
 def with_overrides(opts: MountOptions, **changes: object) -> MountOptions:

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 ROOT_INODE = 1  # pyfuse3.ROOT_INODE, repeated here so this module needs no FUSE
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "state.db"
 
 KIND_DIR = 0
@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_poll REAL,
     range_start INTEGER NOT NULL DEFAULT 0,   -- RetrievalByteRange (inclusive),
     range_end INTEGER NOT NULL DEFAULT -1,    -- -1: the whole archive
+    requested_uid INTEGER,            -- who asked for the job (jobs/spenders.py): NULL when
+    requested_user TEXT,              -- it was adopted from ListJobs (started elsewhere)
+    requested_command TEXT,
     PRIMARY KEY (archive_id, range_start, range_end)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, requested_at);
@@ -98,6 +101,9 @@ CREATE TABLE IF NOT EXISTS synology_state (vault TEXT PRIMARY KEY, mapping_vault
 """
 
 
+# Columns added since (schema 5: who asked for each job), added in place to an older table.
+_ADDED_JOB_COLUMNS = (("requested_uid", "INTEGER"), ("requested_user", "TEXT"),
+                      ("requested_command", "TEXT"))
 # The jobs table's columns before ranged retrievals (schema 3), copied over by the migration.
 _V3_JOB_COLUMNS = ("archive_id", "vault", "state", "job_id", "tier", "size", "tree_hash",
                    "creation_date", "completion_date", "status_message", "requested_at",
@@ -160,6 +166,7 @@ class Store:
             self.db.executescript(_JOBS_TABLE)
             return
         if "range_start" in columns:
+            self._add_job_columns(columns)
             return
         old = ", ".join(c for c in _V3_JOB_COLUMNS if c in columns)
         with self.transaction() as db:
@@ -171,6 +178,16 @@ class Store:
             db.execute(f"INSERT INTO jobs({old}, range_start, range_end) "
                        f"SELECT {old}, 0, -1 FROM jobs_v3")
             db.execute("DROP TABLE jobs_v3")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _add_job_columns(self, columns: set[str]) -> None:
+        """Schema 4 → 5: who asked for each job. Earlier records keep NULL there (unknown)."""
+        missing = [(name, kind) for name, kind in _ADDED_JOB_COLUMNS if name not in columns]
+        if not missing:
+            return
+        with self.transaction() as db:
+            for name, kind in missing:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:

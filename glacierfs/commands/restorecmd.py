@@ -103,6 +103,7 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     for job in doc.get("jobs", []):
         name = job.get("path") or job["archive_id"][:24]
         line = f"  {job['status']:<10} {job['tier']:<9} {duration(job['age']):>6} ago  {name}"
+        line += f"  {requester_label(job.get('requested_by'))}"
         if job.get("expected_completion") and job["status"] in ("InProgress", "Queued"):
             line += f"  (expected in ~{duration(job['expected_completion'] - now)})"
         if job["status"] == "Succeeded" or job.get("cached_bytes"):
@@ -119,6 +120,7 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     for job in selects:
         name = job.get("path") or job["archive_id"][:24]
         line = f"  {job['status']:<10} {job['tier']:<9} {duration(job['age']):>6} ago  {name}"
+        line += f"  {requester_label(job.get('requested_by'))}"
         line += f"\n             {job['query'][:100]}"
         if job.get("output_path"):
             line += f"\n             → s3://{job['bucket']}/{job['output_path']}"
@@ -145,8 +147,31 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
     lines.append(f"Limits: tier {lim.get('tier')}, retrieve={lim.get('retrieve')}, max_jobs "
                  f"{lim.get('max_jobs') or 'unlimited'}, budget "
                  + (f"{human(lim.get('budget_used', 0))} of {human(budget)} per day" if budget
-                    else "unlimited"))
+                    else "unlimited")
+                 + (f", retrieve_users {', '.join(lim['retrieve_users'])}"
+                    if lim.get("retrieve_users") else ""))
     return "\n".join(lines)
+
+
+def _why_refused(path: Path, exc: OSError) -> str:
+    """On a shared mount: who may start retrievals (``user.glacier.may_retrieve``), or that the
+    kernel wants write permission on the file for a ``setfattr`` (root only, files are 0444)."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    why = read_xattr(path, "user.glacier.may_retrieve") or ""
+    if why.startswith("no:"):
+        return " (" + why.removeprefix("no: ") + ")"
+    return (" (the kernel allows setting the restore attribute to root only; as another user, "
+            "reading the file starts its retrieval)")
+
+
+def requester_label(who: dict | None) -> str:  # type: ignore[type-arg]
+    """``by alice (cat)``, ``by uid 1234 (rsync)``; a job adopted from Glacier's job list (started
+    elsewhere), or recorded before requesters were kept, has none."""
+    if not who or who.get("uid") is None:
+        return "(requester unknown: started elsewhere)"
+    name = who.get("user") or f"uid {who['uid']}"
+    return f"by {name} ({who['command']})" if who.get("command") else f"by {name}"
 
 
 def ranges_line(r: dict) -> str:  # type: ignore[type-arg]
@@ -248,7 +273,8 @@ def cmd_restore(argv: list[str]) -> int:
         try:
             os.setxattr(path, "user.glacier.restore", tier.encode())
         except OSError as exc:
-            print(f"glacierfs restore: {path}: {exc.strerror}", file=sys.stderr)
+            print(f"glacierfs restore: {path}: {exc.strerror}{_why_refused(path, exc)}",
+                  file=sys.stderr)
             failed += 1
             continue
         asked.append(path)

@@ -9,8 +9,10 @@ Semantics (the README's table is generated from the same decisions):
   one writable attribute (so the kernel mount is never ``ro``: it would refuse setxattr);
 - a read of uncached bytes starts or joins a retrieval and fails with EREMOTE ("Object is
   remote", as s3fs answers archived objects) while it runs, ENODATA when it may not start one
-  (``retrieve=manual``, crawlers), EIO when the job failed or the bytes could not be verified,
-  ENOSPC when the cache disk is full. Never EAGAIN, EINTR or EINPROGRESS there: Python's io
+  (``retrieve=manual``, crawlers), EACCES when the caller may not start one on this mount
+  (``retrieve_users``, jobs/spenders.py: the reader's restore requests are refused the same
+  way), EIO when the job failed or the bytes could not be verified, ENOSPC when the cache disk
+  is full. Never EAGAIN, EINTR or EINPROGRESS there: Python's io
   reads EAGAIN as "no data yet on a non-blocking descriptor" (``read()`` returns None,
   ``shutil.copy`` writes an empty file) and EINTR is retried forever. Only a handle opened
   with O_NONBLOCK gets EAGAIN, which there means exactly "try again";
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable
 import pyfuse3
 
 from glacierfs.fuse import status
+from glacierfs.fuse.callers import Caller, Callers
 from glacierfs.fuse import xattrs
 from glacierfs.diskfull import describe, is_disk_full
 from glacierfs.catalog.namespace import Entry, Namespace
@@ -40,6 +43,7 @@ from glacierfs.options import TIERS, MountOptions
 from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
                                  RetrievalFailed)
 from glacierfs.jobs.selectjobs import SelectJobs
+from glacierfs.jobs.spenders import Requester, Spenders, asking
 from glacierfs.jobs.selectspec import SELECT_XATTR, SelectRequest, SpecError
 from glacierfs.catalog import synology
 from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
@@ -53,6 +57,8 @@ BLOCK_SIZE = 128 * 1024
 # longer only delays what a poller sees (a restore showed "cached" up to 1 s late at 1.0).
 XATTR_STABLE_FOR = 0.25
 RESTORE_XATTR = "user.glacier.restore"
+# Per caller: may they start retrievals here (``yes``, ``restore only``, or ``no: why``).
+MAY_RETRIEVE_XATTR = "user.glacier.may_retrieve"
 # The kernel refuses attribute values larger than this (XATTR_SIZE_MAX): getxattr fails with
 # E2BIG and ``glacierfs status`` sees no status at all.
 XATTR_SIZE_MAX = 65536
@@ -97,19 +103,13 @@ def _handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _process_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 @dataclass
 class OpenFile:
     entry: Entry
     may_start: bool   # reads through this handle may start a paid retrieval
     flags: int        # open(2) flags (O_NONBLOCK: "not ready" is EAGAIN; a later fcntl is unseen)
+    asker: Requester | None = None   # who opened it: reads start jobs in their name
+    denied: bool = False  # not in retrieve_users: what would need a new job is EACCES
 
 
 class GlacierOperations(pyfuse3.Operations):
@@ -132,6 +132,9 @@ class GlacierOperations(pyfuse3.Operations):
         self._ignored_names = frozenset(n.encode()[:COMM_LEN].decode("utf-8", "ignore")
                                         for n in options.retrieve_ignore)
         self._next_fh = 1
+        self.callers = Callers()
+        self.spenders = Spenders.for_mount(options)
+        self._refused: set[tuple[int | None, int]] = set()   # (uid, inode) logged
         self._xattr_memo: dict[tuple[int, bytes], tuple[float, bytes]] = {}
         self.mounted_at_ns = time.time_ns()  # the root's (and empty vaults') mtime
 
@@ -223,11 +226,14 @@ class GlacierOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
         may_start = self.options.retrieve == "auto" and \
-            _process_name(ctx.pid) not in self._ignored_names
+            caller.command not in self._ignored_names
+        denied = may_start and not self._may_spend(caller)
         fh = self._next_fh
         self._next_fh += 1
-        self._open_files[fh] = OpenFile(entry, may_start, flags)
+        self._open_files[fh] = OpenFile(entry, may_start and not denied, flags,
+                                        caller.requester, denied)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_handler
@@ -240,14 +246,52 @@ class GlacierOperations(pyfuse3.Operations):
             return b""
         size = min(size, entry.size - off)
         try:
-            return await self.retrieval.read(entry, off, size, handle.may_start)
+            with asking(handle.asker or Requester(None)):
+                return await self.retrieval.read(entry, off, size, handle.may_start)
         except NotReady as exc:
             if handle.flags & os.O_NONBLOCK:
                 raise WouldBlock(str(exc)) from None
             raise
+        except NotRequested:
+            if handle.denied:
+                self._log_refusal(handle)
+                raise pyfuse3.FUSEError(errno.EACCES) from None
+            raise
 
     async def release(self, fh: int) -> None:
         self._open_files.pop(fh, None)
+
+    # --- who may spend (jobs/spenders.py) ---------------------------------------------------
+    def _needs_groups(self, uid: int) -> bool:
+        """Only callers the policy does not allow by uid need their groups looked up."""
+        return not self.spenders.allows(uid)
+
+    def _may_spend(self, caller: Caller) -> bool:
+        uid = caller.requester.uid
+        allowed = uid is not None and self.spenders.allows(uid, caller.gids)
+        if not allowed:
+            log.debug("uid %s (%s) may not start retrievals here", uid, caller.command)
+        return allowed
+
+    def _log_refusal(self, handle: OpenFile) -> None:
+        """Once per user and file: the log says whose reads were refused (not every read)."""
+        asker = handle.asker or Requester(None)
+        key = (asker.uid, handle.entry.inode)
+        if key in self._refused:
+            return
+        if len(self._refused) > 10000:
+            self._refused.clear()
+        self._refused.add(key)
+        log.info("read of %s by %s refused (EACCES): not cached, and this user may not start "
+                 "retrievals here (retrieve_users)", self.ns.path_of(handle.entry), asker.label())
+
+    def _may_retrieve_value(self, ctx: pyfuse3.RequestContext) -> str:
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
+        if not self.spenders.allows(ctx.uid, caller.gids):
+            return self.spenders.refusal(caller.requester)
+        if self.options.retrieve != "auto":
+            return "restore only: retrieve=manual, reads start no retrieval on this mount"
+        return "yes"
 
     # --- extended attributes -----------------------------------------------------------------
     def _xattr_values(self, entry: Entry) -> dict[str, str]:
@@ -279,10 +323,16 @@ class GlacierOperations(pyfuse3.Operations):
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [name.encode() for name in self._xattr_values(self._entry(inode))]
+        entry = self._entry(inode)
+        names = [name.encode() for name in self._xattr_values(entry)]
+        if entry.kind == KIND_FILE and self._may_retrieve_value(ctx) != "yes":
+            names.append(MAY_RETRIEVE_XATTR.encode())  # listed when there is something to say
+        return names
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == MAY_RETRIEVE_XATTR.encode() and self._entry(inode).kind == KIND_FILE:
+            return self._may_retrieve_value(ctx).encode()  # the caller's own: not memoized
         key = (inode, name)
         now = time.monotonic()
         memo = self._xattr_memo.get(key)
@@ -302,12 +352,22 @@ class GlacierOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         entry = self._entry(inode)
-        if os.fsdecode(name) == SELECT_XATTR and self.selects is not None:
-            await self._select(inode, entry, value)
-            return
-        if os.fsdecode(name) != RESTORE_XATTR:
+        paid = os.fsdecode(name) == RESTORE_XATTR or (
+            os.fsdecode(name) == SELECT_XATTR and self.selects is not None)
+        if not paid:
             raise pyfuse3.FUSEError(errno.EROFS if name.startswith(b"user.glacier.")
                                     else errno.ENOTSUP)
+        caller = self.callers.of(ctx.uid, ctx.gid, ctx.pid, self._needs_groups(ctx.uid))
+        if not self._may_spend(caller):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        with asking(caller.requester):
+            if os.fsdecode(name) == SELECT_XATTR:
+                await self._select(inode, entry, value)
+            else:
+                await self._restore(inode, entry, value)
+
+    async def _restore(self, inode: int, entry: Entry, value: bytes) -> None:
+        """``setxattr user.glacier.restore`` (what ``glacierfs restore`` sends)."""
         if entry.kind != KIND_FILE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         tier = value.decode("utf-8", "replace").strip().capitalize()

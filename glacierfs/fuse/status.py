@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from glacierfs.aws import glacier
 from glacierfs.catalog import synology
+from glacierfs.jobs import spenders
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
 from glacierfs.options import is_loopback_url
 
@@ -96,6 +97,7 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
             "size": rec.size,
             "cached_bytes": cached,
             "downloading": retrieval.downloader.is_downloading(rec.archive_id),
+            "requested_by": spenders.of_record(rec).as_dict(),
         })
     for archive_id in ranged:
         _ranged_job(ns, retrieval, archive_id, jobs, counts, now, max_jobs)
@@ -117,6 +119,7 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
             "budget_used": retrieval.jobs.spent_in_window(),
             "tier": options.tier,
             "retrieve": options.retrieve,
+            "retrieve_users": [p.name for p in options.retrieve_users],
         },
         "select": {"s3_endpoint_url": options.s3_endpoint_url, "region": options.region,
                    "profile": options.profile,
@@ -168,6 +171,7 @@ def _ranged_job(ns: Namespace, retrieval: Retrieval, archive_id: str, jobs: list
         "cached_bytes": cached,
         "downloading": retrieval.downloader.is_downloading(archive_id),
         "ranges": {k: v for k, v in summary.items() if k != "ranges"},
+        "requested_by": spenders.of_record(rep).as_dict(),
     })
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from glacierfs.catalog.namespace import Entry, VaultInfo
 from glacierfs.catalog.synology import NamesState
+from glacierfs.jobs import spenders
 
 if TYPE_CHECKING:
     from glacierfs.catalog.namespace import Namespace
@@ -55,6 +56,8 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
             values["user.glacier.job.creation_date"] = rec.creation_date
         if rec.completion_date:
             values["user.glacier.job.completion_date"] = rec.completion_date
+        if rec.requested_uid is not None:  # who asked (jobs/spenders.py): "alice (cat)"
+            values["user.glacier.job.requested_by"] = spenders.of_record(rec).label()
     return values
 
 

@@ -51,6 +51,10 @@ class JobRecord:
     next_poll: float | None = None
     range_start: int = 0          # RetrievalByteRange (inclusive); the whole archive when
     range_end: int = -1           # range_end is -1
+    # Who asked for the job (jobs/spenders.py); None for a job adopted from ListJobs.
+    requested_uid: int | None = None
+    requested_user: str | None = None
+    requested_command: str | None = None
 
     @property
     def ranged(self) -> bool:

@@ -44,6 +44,7 @@ from glacierfs.catalog.namespace import Entry
 from glacierfs.options import MountOptions
 from glacierfs.jobs.lifecycle import OUTPUT_LIFETIME, ArchiveLookup
 from glacierfs.jobs.polling import Polling
+from glacierfs.jobs import spenders
 from glacierfs.jobs.ranges import RangeBook
 from glacierfs.jobs.room import ROOM_REASON, CacheRoom
 from glacierfs.jobs.startqueue import StartQueue
@@ -198,7 +199,7 @@ class Retrieval(Polling, StartQueue):
                 return await self._request_ranges(entry, layout, tier, explicit, chunks)
             rec = JobRecord(archive_id=archive_id, vault=entry.vault, state=QUEUED, tier=tier,
                             size=entry.size, tree_hash=entry.tree_hash,
-                            requested_at=time.time())
+                            requested_at=time.time(), **spenders.current().record_fields())
             await self._start_or_queue(rec)
             return rec
 
@@ -218,6 +219,8 @@ class Retrieval(Polling, StartQueue):
             if old.state == FAILED and explicit:
                 old.state, old.job_id, old.tier = QUEUED, None, tier
                 old.requested_at = time.time()
+                for name, value in spenders.current().record_fields().items():
+                    setattr(old, name, value)   # the new job is this asker's
                 self.ranges.forget_verified(old)
                 await self._start_or_queue(old)
             elif old.state == SUCCEEDED and old.job_id and chunks is None:
@@ -226,7 +229,8 @@ class Retrieval(Polling, StartQueue):
         for start, end in self.ranges.plan(layout, wanted, tier):
             rec = JobRecord(archive_id=layout.archive_id, vault=entry.vault, state=QUEUED,
                             tier=tier, size=end - start + 1, tree_hash=None,
-                            requested_at=time.time(), range_start=start, range_end=end)
+                            requested_at=time.time(), range_start=start, range_end=end,
+                            **spenders.current().record_fields())
             if queued:  # an earlier range waits: so do the later ones, in order
                 rec.status_message = "waiting for earlier requests"
                 self._save(rec)

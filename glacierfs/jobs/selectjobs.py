@@ -28,6 +28,7 @@ import trio
 from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.jobs import lifecycle   # polling intervals by tier, as for retrievals
+from glacierfs.jobs import spenders
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
 from glacierfs.jobs.selectspec import SELECT_JOBS_XATTR, SelectRequest, job_key
 from glacierfs.store import Store
@@ -44,9 +45,13 @@ CREATE TABLE IF NOT EXISTS select_jobs (
     key TEXT PRIMARY KEY, archive_id TEXT NOT NULL, vault TEXT NOT NULL, state TEXT NOT NULL,
     tier TEXT NOT NULL, size INTEGER NOT NULL, request TEXT NOT NULL, requested_at REAL NOT NULL,
     job_id TEXT, output_path TEXT, status_message TEXT, creation_date TEXT,
-    completion_date TEXT, initiated_at REAL, next_poll REAL);
+    completion_date TEXT, initiated_at REAL, next_poll REAL,
+    requested_uid INTEGER, requested_user TEXT, requested_command TEXT);
 CREATE INDEX IF NOT EXISTS select_jobs_by_archive ON select_jobs(archive_id);
 """
+# Who asked (jobs/spenders.py): added in place to a table from before they were kept.
+ADDED_COLUMNS = (("requested_uid", "INTEGER"), ("requested_user", "TEXT"),
+                 ("requested_command", "TEXT"))
 # How long a setxattr waits for Glacier's answer before returning (the request goes on).
 REQUEST_WAIT = 5.0
 RETRY = 60.0          # a start refused for a transient reason is tried again after this
@@ -71,6 +76,9 @@ class SelectRecord:
     completion_date: str | None = None
     initiated_at: float | None = None
     next_poll: float | None = None
+    requested_uid: int | None = None       # who asked (None: adopted from ListJobs)
+    requested_user: str | None = None
+    requested_command: str | None = None
 
     @property
     def spec(self) -> SelectRequest:
@@ -88,7 +96,8 @@ class SelectRecord:
                 "output_path": self.output_path, "message": self.status_message,
                 "creation_date": self.creation_date, "completion_date": self.completion_date,
                 "archive_id": self.archive_id, "vault": self.vault, "size": self.size,
-                "age": round(time.time() - self.requested_at)}
+                "age": round(time.time() - self.requested_at),
+                "requested_by": spenders.of_record(self).as_dict()}
 
 
 _COLUMNS = [f.name for f in fields(SelectRecord)]
@@ -103,6 +112,10 @@ class SelectJobs:
         self.options = options
         self.retrieval = retrieval
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(select_jobs)")}
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE select_jobs ADD COLUMN {name} {kind}")
         rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM select_jobs").fetchall()
         self.records: dict[str, SelectRecord] = {r[0]: SelectRecord(*r) for r in rows}
         self._locks: dict[str, trio.Lock] = {}
@@ -161,7 +174,8 @@ class SelectJobs:
                 return adopted
             rec = SelectRecord(key=key, archive_id=entry.archive_id, vault=entry.vault,
                                state=QUEUED, tier=spec.tier, size=entry.size,
-                               request=spec.to_json(), requested_at=time.time())
+                               request=spec.to_json(), requested_at=time.time(),
+                               **spenders.current().record_fields())
             self._save(rec)
             reason = self._limits(rec)
             if reason is None:

@@ -14,6 +14,7 @@ import trio
 
 from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
+from glacierfs.jobs import spenders
 from glacierfs.jobs import lifecycle
 from glacierfs.jobs.jobstore import IN_PROGRESS, INITIATING, QUEUED, JobRecord
 from glacierfs.jobs.lifecycle import Lifecycle
@@ -87,7 +88,8 @@ class StartQueue(Lifecycle):
                 try:
                     job_id = await self.client.initiate_archive_retrieval(
                         rec.vault, rec.archive_id, tier,
-                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}", rec.byte_range)
+                        f"{OUR_DESCRIPTION} {rec.archive_id[:40]}"
+                        + spenders.job_description_suffix(rec), rec.byte_range)
                 finally:
                     self._starting.discard(rec.key)
                 break
