@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from glacierfs.sim import archives, control, ids, jobapi, vaults
+from glacierfs.sim import archives, control, ids, jobapi, notifications, vaults
 from glacierfs.sim.bandwidth import TokenBucket
 from glacierfs.sim.context import Sim
 from glacierfs.sim.errors import GlacierError
@@ -61,9 +61,12 @@ _ROUTES_SPEC: list[tuple[str, str, str, Callable[..., Response] | None]] = [
     # Documented operations the emulator does not model: named, counted, answered clearly.
     ("GET", r"/{a}/vaults/{v}/tags", "ListTagsForVault", None),
     ("POST", r"/{a}/vaults/{v}/tags", "AddTagsToVault", None),
-    ("PUT", r"/{a}/vaults/{v}/notification-configuration", "SetVaultNotifications", None),
-    ("GET", r"/{a}/vaults/{v}/notification-configuration", "GetVaultNotifications", None),
-    ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications", None),
+    ("PUT", r"/{a}/vaults/{v}/notification-configuration", "SetVaultNotifications",
+     notifications.set_vault_notifications),
+    ("GET", r"/{a}/vaults/{v}/notification-configuration", "GetVaultNotifications",
+     notifications.get_vault_notifications),
+    ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications",
+     notifications.delete_vault_notifications),
     ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy", None),
     ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy", None),
     ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy", None),
