@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from glacierfs.sim.select.lexer import SqlError, Tok, tokenize
+
 # Select's documented limit on an expression.
 MAX_EXPRESSION_CHARS = 128_000
 
@@ -47,47 +49,8 @@ DATE_PARTS = ("YEAR", "MONTH", "DAY", "HOUR", "MINUTE", "SECOND", "TIMEZONE_HOUR
               "TIMEZONE_MINUTE")
 COMPARISONS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
-TOKEN = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)
-  | (?P<str>'(?:[^']|'')*')
-  | (?P<qid>"(?:[^"]|"")*")
-  | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op><=|>=|<>|!=|\|\||[=<>+\-*/%(),.])
-""", re.VERBOSE)
-
-
-class SqlError(ValueError):
-    """The expression is not in the subset: a one-line reason for InitiateJob's 400."""
-
-
 class UnknownColumn(SqlError):
     """A name the archive's header does not have (met when the job runs)."""
-
-
-@dataclass(frozen=True)
-class Tok:
-    kind: str  # num, str, qid, id, op, end
-    text: str
-    pos: int
-
-    @property
-    def upper(self) -> str:
-        return self.text.upper() if self.kind == "id" else self.text
-
-
-def tokenize(text: str) -> list[Tok]:
-    out, pos = [], 0
-    while pos < len(text):
-        match = TOKEN.match(text, pos)
-        if not match:
-            raise SqlError(f"unexpected character {text[pos]!r} at position {pos + 1}")
-        kind = match.lastgroup or ""
-        if kind != "ws":
-            out.append(Tok(kind, match.group(), pos))
-        pos = match.end()
-    out.append(Tok("end", "", len(text)))
-    return out
 
 
 # A resolver turns a column reference into a 1-based column number: ("pos", "3") for ``_3``,
