@@ -123,14 +123,14 @@ def _report_started(job: dict) -> int:
 
 
 def _reader(job: dict, doc: dict):
-    from glacierfs.s3output import OutputReader
+    from glacierfs.aws.s3output import OutputReader
     sel = doc.get("select", {})
     return OutputReader(job["bucket"], sel.get("region") or "us-east-1",
                         endpoint_url=sel.get("s3_endpoint_url"), profile=sel.get("profile"))
 
 
 def _report_failure(job: dict, doc: dict) -> int:
-    from glacierfs.s3output import S3Error
+    from glacierfs.aws.s3output import S3Error
     print(f"glacierfs select: the select job failed: {job.get('message') or 'no reason given'}",
           file=sys.stderr)
     if job.get("output_path"):
@@ -144,7 +144,7 @@ def _report_failure(job: dict, doc: dict) -> int:
 
 
 def _write_rows(job: dict, doc: dict) -> int:
-    from glacierfs.s3output import S3Error
+    from glacierfs.aws.s3output import S3Error
     path = job.get("output_path")
     if not path:
         raise CommandError("the job succeeded but its output path is unknown")
