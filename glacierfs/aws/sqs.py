@@ -121,5 +121,10 @@ class QueueClient:
                                          sent_at=sent, receive_count=count))
         return messages
 
+    def release(self, receipt_handle: str, seconds: int) -> None:
+        """Make a received message visible again after ``seconds`` (0: at once)."""
+        self._call("ChangeMessageVisibility", self._client.change_message_visibility,
+                   ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
+
     def delete(self, receipt_handle: str) -> None:
         self._call("DeleteMessage", self._client.delete_message, ReceiptHandle=receipt_handle)

@@ -9,8 +9,10 @@ one), so:
 
 - unreadable (not a job description): deleted; no call.
 - a job this mount does not know (another mount's, another tool's): left in the queue for the
-  others (it comes back after the queue's visibility timeout) and deleted once older than
-  ``FOREIGN_MAX_AGE``, so nothing circulates for ever; no call.
+  others and deleted once older than ``FOREIGN_MAX_AGE``, so nothing circulates for ever; no
+  call. It is made visible again after ``FOREIGN_RELEASE`` seconds while this mount pauses its
+  own receiving for ``FOREIGN_PAUSE``, so the other mounts' waiting long polls get it first
+  (otherwise the mount that happens to ask first could keep taking it from its owner).
 - a job of ours already finished (a duplicate: SNS delivers at least once, and a job notifies
   both its topic and the vault's): deleted; no call.
 - a job of ours still awaited: confirmed with one DescribeJob on our own record's vault; only
@@ -44,6 +46,8 @@ from glacierfs.aws.sqs import LONG_POLL, QueueClient, QueueError, QueueMessage
 log = logging.getLogger(__name__)
 
 FOREIGN_MAX_AGE = 3600.0     # a message no mount here knows is deleted after an hour
+FOREIGN_RELEASE = 1          # seconds until a message left for others is visible again
+FOREIGN_PAUSE = 5.0          # … while this mount waits this long before receiving again
 NOTIFIED_POLL_FACTOR = 4.0   # default polling intervals while notifications flow
 HEALTHY_FOR = 3 * LONG_POLL  # a queue answered within this long is "answering"
 CONFIRM_SPACING = 5.0        # one DescribeJob per job per this long, whatever arrives
@@ -148,16 +152,22 @@ class CompletionListener:
                 log.info("SQS queue %s answers again", self.queue.queue_url)
             self.error, backoff = None, RETRY_FIRST
             self.last_answer = time.time()
+            left_for_others = False
             for message in messages:
                 try:
-                    await self.handle(message)
+                    left_for_others |= await self.handle(message) == "left"
                 except Exception:  # a bug costs this message, never the listener
                     log.exception("completion notice %s: internal error", message.message_id)
+            if left_for_others:
+                await trio.sleep(FOREIGN_PAUSE)
 
     async def handle(self, message: QueueMessage) -> str:
-        """Deal with one message; returns what it was (a key of ``counts``, or "failed")."""
+        """Deal with one message; returns what became of it: a key of ``counts``, "left" (a
+        foreign one left for others), "deferred" or "failed" (left for later)."""
         self.counts["received"] += 1
         self.last_message = time.time()
+        log.debug("SQS message %s (received %d times)", message.message_id,
+                  message.receive_count)
         notice = parse_notice(message.body)
         if notice is None:
             log.info("SQS message %s is not a Glacier job notification; deleted",
@@ -213,7 +223,12 @@ class CompletionListener:
             self._seen[message.message_id] = None
             log.info("notice for job %s (vault %s) is not for this mount; left for others",
                      notice.job_id[:16], notice.vault)
-        return "foreign"
+        try:
+            await trio.to_thread.run_sync(self.queue.release, message.receipt_handle,
+                                          FOREIGN_RELEASE, abandon_on_cancel=True)
+        except QueueError as exc:  # it comes back after the queue's visibility timeout
+            log.debug("could not release SQS message %s: %s", message.message_id, exc)
+        return "left"
 
     async def _done(self, message: QueueMessage, kind: str) -> str:
         self.counts[kind] += 1

@@ -19,6 +19,8 @@ from glacierfs.catalog.namespace import Namespace
 from glacierfs.jobs.jobstore import JobStore
 from glacierfs.jobs.notices import CompletionListener
 from glacierfs.jobs.retrieval import NotReady, Retrieval
+from glacierfs.jobs.selectjobs import SelectJobs
+from glacierfs.jobs.selectspec import SelectRequest
 from glacierfs.options import MountOptions
 from glacierfs.sim import s3server
 from glacierfs.sim.testing import DUMMY_KEY_ID, DUMMY_SECRET, REGION, SimProcess, upload
@@ -28,11 +30,12 @@ MIB = 1024 * 1024
 VAULT = "v"
 HOUR = 3600.0
 WAIT = 30.0   # generous on a loaded machine; the notice takes about a second
+BUCKET = "out"
 
 
 @pytest.fixture(scope="module")
 def moto():
-    local = s3server.start()
+    local = s3server.start(buckets=(BUCKET,))
     yield local
     local.stop()
 
@@ -62,6 +65,7 @@ def channel(moto, request):
 @pytest.fixture
 def sim(moto, tmp_path):
     proc = SimProcess(tmp_path / "sim", args=["--sns-endpoint", moto.url,
+                                              "--s3-endpoint", moto.url,
                                               "--delay", "Standard=2", "--delay", "inventory=2"],
                       log_path=tmp_path / "sim.log")
     client = proc.client(max_attempts=1)
@@ -88,6 +92,7 @@ class Core:
         self.cache = ChunkCache(self.options.state_dir / "chunks", 1 << 30)
         self.retrieval = Retrieval(JobStore(self.store), self.aclient, self.cache, self.options,
                                    self.ns)
+        self.selects = SelectJobs(self.store, self.aclient, self.options, self.retrieval)
         self.queue = sqs.QueueClient(queue_url, "us-east-1", endpoint_url=moto.url)
         self.inventories: Inventories | None = None
         self.listener: CompletionListener | None = None
@@ -95,11 +100,12 @@ class Core:
     def start(self, nursery: trio.Nursery) -> None:
         self.inventories = Inventories(self.ns, self.aclient, self.options, nursery)
         self.listener = CompletionListener(self.queue, self.aclient,
-                                           [self.retrieval, self.inventories],
+                                           [self.retrieval, self.inventories, self.selects],
                                            sns_topic=self.options.sns_topic)
         self.retrieval.notices = self.listener
         nursery.start_soon(self.retrieval.run)
         nursery.start_soon(self.listener.run)
+        nursery.start_soon(self.selects.run)
 
     def file(self, name: str):
         return self.ns.lookup(self.ns.lookup(self.ns.get(ROOT_INODE), VAULT), name)
@@ -249,3 +255,60 @@ def test_an_unreachable_queue_leaves_polling_in_charge(sim, moto, tmp_path):
 
     trio.run(main)
     core.close()
+
+
+def test_a_select_result_is_known_at_once(sim, moto, channel, tmp_path):
+    topic, queue = channel
+    upload(sim.client(), VAULT, b"1,a\n2,b\n3,c\n", "t.csv")
+    spec = SelectRequest.build(query="SELECT _2 FROM archive WHERE _1 = '2'", bucket=BUCKET,
+                               prefix="notified", tier="Standard", header="none",
+                               delimiter=",")
+    core = Core(sim, moto, tmp_path / "state", topic, queue)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            core.start(nursery)
+            await load_inventory(core)
+            rec = await core.selects.request(core.file("t.csv"), spec)
+            assert rec.state == "InProgress"
+            await until(lambda: rec.state == "Succeeded")
+            assert rec.output_path
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    parts = aws(moto, "s3").list_objects_v2(Bucket=BUCKET, Prefix="notified/")["Contents"]
+    assert any("result_manifest" in p["Key"] for p in parts)
+    assert sim.stats()["requests"].get("DescribeJob") == 2   # the inventory and the select
+    core.close()
+
+
+def test_a_shared_queue_serves_each_mount_its_own_completions(sim, moto, channel, tmp_path):
+    """Two mounts read one queue: each acts on its own jobs' notices and leaves the other's
+    (they come back after the 2 s visibility timeout), so both are cached in seconds."""
+    topic, queue = channel
+    client = sim.client()
+    upload(client, VAULT, b"first " * 500, "one.txt")
+    upload(client, VAULT, b"second " * 500, "two.txt")
+    first = Core(sim, moto, tmp_path / "first", topic, queue)
+    second = Core(sim, moto, tmp_path / "second", topic, queue)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            first.start(nursery)
+            second.start(nursery)
+            await load_inventory(first)
+            await load_inventory(second)   # reuses the first one's finished inventory job
+            one, two = first.file("one.txt"), second.file("two.txt")
+            for core, f in ((first, one), (second, two)):
+                with pytest.raises(NotReady):
+                    await core.retrieval.read(f, 0, 10, may_start=True)
+            await until(lambda: first.cache.state(first.retrieval.layout(one)) == "cached"
+                        and second.cache.state(second.retrieval.layout(two)) == "cached")
+            assert second.file("one.txt").archive_id not in second.retrieval.records
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    # Each completion was confirmed once, by the mount whose job it was.
+    assert sim.stats()["requests"].get("DescribeJob") == 3   # inventory, one, two
+    first.close()
+    second.close()
