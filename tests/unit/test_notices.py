@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from glacierfs.aws import glacier
 from glacierfs.commands.restorecmd import notifications_line
 from glacierfs.jobs.notices import parse_notice
 from glacierfs.options import OptionError, parse_options
@@ -79,3 +80,115 @@ def test_status_says_whether_notifications_are_used_and_when_the_last_arrived():
                                 "error": "ConnectionError: refused", "last_message": None},
                                1000.0)
     assert "cannot be read" in never and "never" in never
+
+
+# --- the listener's decisions, with a queue and a Glacier that only record what is asked ----
+
+class FakeQueue:
+    queue_url = "http://127.0.0.1:1/123456789012/q"
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+        self.released: list[str] = []
+
+    def delete(self, receipt: str) -> None:
+        self.deleted.append(receipt)
+
+    def release(self, receipt: str, seconds: int) -> None:
+        self.released.append(receipt)
+
+
+class FakeGlacier:
+    def __init__(self, answer) -> None:  # a dict, or an exception to raise
+        self.answer = answer
+        self.asked: list[tuple[str, str]] = []
+
+    async def describe_job(self, vault: str, job_id: str) -> dict:
+        self.asked.append((vault, job_id))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class Handler:
+    def __init__(self, jobs: dict[str, tuple[str, bool]]) -> None:
+        self.jobs = jobs
+        self.completed: list[dict] = []
+
+    def notice_state(self, job_id: str):
+        return self.jobs.get(job_id)
+
+    async def job_completed(self, job: dict) -> None:
+        self.completed.append(job)
+
+
+def handle(answer, jobs, body=None, sent_at=None):
+    import time
+
+    import trio
+
+    from glacierfs.aws.sqs import QueueMessage
+    from glacierfs.jobs.notices import CompletionListener
+
+    queue, client, handler = FakeQueue(), FakeGlacier(answer), Handler(jobs)
+    listener = CompletionListener(queue, client, [handler])  # type: ignore[arg-type]
+    message = QueueMessage(body=body or json.dumps(JOB), receipt_handle="r", message_id="m",
+                           sent_at=time.time() if sent_at is None else sent_at,
+                           receive_count=1)
+    outcome = trio.run(listener.handle, message)
+    return outcome, queue, client, handler, listener
+
+
+def test_a_confirmed_completion_is_acted_on_with_glacier_answer_not_the_message():
+    truth = dict(JOB, StatusCode="Failed", StatusMessage="gone")
+    outcome, queue, client, handler, listener = handle(truth, {"J0B1D": ("mine", True)})
+    assert outcome == "acted" and handler.completed == [truth]
+    assert client.asked == [("mine", "J0B1D")]   # our record's vault, not the message's
+    assert queue.deleted == ["r"] and listener.last_completion
+
+
+@pytest.mark.parametrize("answer, outcome, deleted", [
+    (dict(JOB, Completed=False, StatusCode="InProgress"), "contradicted", True),
+    (glacier.NotFound("ResourceNotFoundException", "no job"), "contradicted", True),
+    (glacier.Throttled("ThrottlingException", "slow down"), "failed", False),  # asked later
+])
+def test_what_glacier_contradicts_or_cannot_confirm_changes_nothing(answer, outcome, deleted):
+    got, queue, client, handler, _ = handle(answer, {"J0B1D": ("mine", True)})
+    assert got == outcome and handler.completed == [] and len(client.asked) == 1
+    assert queue.deleted == (["r"] if deleted else [])
+
+
+def test_duplicates_garbage_and_foreign_notices_cost_no_call():
+    import time
+
+    got, queue, client, _, _ = handle({}, {"J0B1D": ("mine", False)})
+    assert (got, queue.deleted, client.asked) == ("duplicate", ["r"], [])
+    got, queue, client, _, _ = handle({}, {}, body="garbage")
+    assert (got, queue.deleted, client.asked) == ("unreadable", ["r"], [])
+    got, queue, client, _, _ = handle({}, {})
+    assert (got, queue.deleted, queue.released, client.asked) == ("left", [], ["r"], [])
+    got, queue, client, _, _ = handle({}, {}, sent_at=time.time() - 2 * 3600)
+    assert (got, queue.deleted, client.asked) == ("foreign", ["r"], [])
+
+
+def test_default_polling_grows_only_while_notifications_flow():
+    import time
+    from types import SimpleNamespace
+
+    from glacierfs.jobs.lifecycle import Lifecycle
+    from glacierfs.jobs.notices import CompletionListener
+    from glacierfs.options import MountOptions
+
+    listener = CompletionListener(FakeQueue(), FakeGlacier({}), [])  # type: ignore[arg-type]
+    part = SimpleNamespace(options=MountOptions(region="us-east-1"), notices=listener)
+    assert Lifecycle._interval(part, "Standard") == 900   # type: ignore[arg-type]
+    listener.last_answer = time.time()
+    assert Lifecycle._interval(part, "Standard") == 900   # no completion came through yet
+    listener.last_completion = time.time()
+    assert Lifecycle._interval(part, "Standard") == 3600
+    assert Lifecycle._interval(part, "Bulk") == 7200
+    listener.last_answer = time.time() - 3600             # the queue stopped answering
+    assert Lifecycle._interval(part, "Standard") == 900
+    listener.last_answer = time.time()
+    part.options = MountOptions(region="us-east-1", poll=30)
+    assert Lifecycle._interval(part, "Standard") == 30    # an explicit poll is kept
