@@ -42,6 +42,10 @@ moto's server, which also serves SQS: subscribe a queue to the topic to receive 
 completion is published once, at its due time (a watcher completes due jobs even when nobody
 asks about them). Without --sns-endpoint topics are validated and shown but nothing is sent. A
 publish SNS refuses (no such topic) is logged and dropped, as Glacier does not check the topic.
+Select jobs notify their own topic only (the vault events are the two retrieval kinds).
+
+CompleteMultipartUpload is idempotent as documented: repeated with the same size and tree hash
+within an hour of its success, it answers 201 with the same archive id.
 """
 
 EPILOG = """\
