@@ -34,19 +34,14 @@ def main() -> None:
     args = p.parse_args()
     common.print_machine()
     n = args.count
-    with common.workdir(args, "api") as work:
-        sim = common.start_sim(work, "--delay", "Standard=86400", "--delay", "inventory=1",
-                               verbose=True)
-        mnt = work / "mnt"
-        try:
-            glacier = common.client(sim)
-            glacier.create_vault(vaultName=VAULT)
-            sim.synthesize(VAULT, n, MIB, f"{DIR}/file{{i}}.bin")
-            with common.mounted(sim, mnt, work / "cache"):
-                rows = measure(sim, mnt / VAULT, n, args.rounds)
-        finally:
-            common.unmount(mnt)
-            sim.stop()
+    with (common.workdir(args, "api") as work,
+          common.emulator(work, "--delay", "Standard=86400", "--delay", "inventory=1",
+                          verbose=True) as sim):
+        glacier = common.client(sim)
+        glacier.create_vault(vaultName=VAULT)
+        sim.synthesize(VAULT, n, MIB, f"{DIR}/file{{i}}.bin")
+        with common.mounted(sim, work / "mnt", work / "cache"):
+            rows = measure(sim, work / "mnt" / VAULT, n, args.rounds)
     common.table(f"Glacier API calls with {n} retrievals in flight in one vault", rows)
 
 
@@ -110,4 +105,4 @@ def measure(sim, vault: Path, n: int, rounds: int) -> list:  # noqa: ANN001
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

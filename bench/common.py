@@ -3,6 +3,11 @@
 Every benchmark measures glacierfs and its baseline in the same run, alternating the two sides
 for ``--repeat`` rounds, and reports the median of each side and their ratio: these machines
 are shared and noisy, so only a ratio measured side by side means anything.
+
+Everything a benchmark starts is taken down when it ends, however it ends (an error, Ctrl-C,
+SIGTERM from ``timeout`` or a test): the emulator is a context manager (``emulator``), mounts
+are unmounted in ``finally`` (``mounted``), and ``run`` turns SIGTERM into an exception so
+those ``finally`` blocks run. Only SIGKILL leaves something behind.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from types import FrameType
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -29,6 +36,43 @@ if str(REPO) not in sys.path:
 from glacierfs.sim.testing import SimProcess, make_client  # noqa: E402
 
 MOUNT_TIMEOUT = 60.0
+
+
+# --- running --------------------------------------------------------------------------------
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (a BaseException, so no ``except Exception`` keeps a
+    benchmark going) and let every ``finally`` take its mounts and processes down."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Only the first signal unwinds: a second one (a Ctrl-C then a SIGTERM from a runner that
+    # passes it on) must not cut the clean-up short.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signal.Signals(signum).name)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's ``main`` and exit with its status: 130 on Ctrl-C, 143 on SIGTERM,
+    after the clean-up."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("interrupted; everything started was taken down", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except Terminated as exc:
+        print(f"stopped by {exc}; everything started was taken down", file=sys.stderr,
+              flush=True)
+        sys.exit(143)
+    sys.exit(status or 0)
 
 
 # --- arguments and output --------------------------------------------------------------------
@@ -141,10 +185,17 @@ def proc_status(pid: int, field: str) -> int:
 
 # --- the emulator ----------------------------------------------------------------------------
 
-def start_sim(base: Path, *args: str, verbose: bool = False) -> SimProcess:
-    """The emulator; ``verbose`` logs every request line (with its query) to base/sim.log."""
-    return SimProcess(base / "sim", args=["--verbose" if verbose else "--quiet", *args],
-                      log_path=base / "sim.log")
+@contextlib.contextmanager
+def emulator(base: Path, *args: str, verbose: bool = False) -> Iterator[SimProcess]:
+    """The emulator for the duration, stopped however the block ends; ``verbose`` logs every
+    request line (with its query) to base/sim.log."""
+    base.mkdir(parents=True, exist_ok=True)
+    sim = SimProcess(base / "sim", args=["--verbose" if verbose else "--quiet", *args],
+                     log_path=base / "sim.log")
+    try:
+        yield sim
+    finally:
+        sim.stop()
 
 
 def client(sim: SimProcess):  # noqa: ANN201 (a boto3 client)
@@ -171,15 +222,22 @@ def daemon_pid(mountpoint: Path) -> int | None:
 
 def mount_glacierfs(sim: SimProcess, mountpoint: Path, cache_dir: Path,
                     extra: str = "") -> float:
-    """Mount; returns the seconds the mount command took (it returns once the mount is live)."""
+    """Mount; returns the seconds the mount command took (it returns once the mount is live).
+    A mount that fails or is interrupted half-way is taken down before the error goes on."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     opts = f"endpoint_url={sim.url},cache_dir={cache_dir},poll=1"
+    if "log=" not in extra:  # next to the mount point, for --keep runs that went wrong
+        opts += f",log={mountpoint}.log"
     if extra:
         opts += "," + extra
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "glacierfs.cli", "us-east-1", str(mountpoint),
-                    "-o", opts], check=True, timeout=MOUNT_TIMEOUT,
-                   env={**os.environ, **_sim_env()})
+    try:
+        subprocess.run([sys.executable, "-m", "glacierfs.cli", "us-east-1", str(mountpoint),
+                        "-o", opts], check=True, timeout=MOUNT_TIMEOUT,
+                       env={**os.environ, **_sim_env()})
+    except BaseException:
+        unmount(mountpoint)
+        raise
     return time.perf_counter() - started
 
 
@@ -190,9 +248,10 @@ def _sim_env() -> dict[str, str]:
 
 
 def unmount(mountpoint: Path, timeout: float = 30.0) -> None:
-    """Unmount and wait for the serving process to exit (it is ours)."""
+    """Unmount and wait for the serving process to exit (it is ours); killed if it does not.
+    Safe to call on a mount point that was never mounted."""
     pid = daemon_pid(mountpoint)
-    if os.path.ismount(mountpoint):
+    if _is_mount(mountpoint):
         result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
         if result.returncode != 0:
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
@@ -208,7 +267,20 @@ def unmount(mountpoint: Path, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
+    if _is_mount(mountpoint):
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+
+def _is_mount(path: Path) -> bool:
+    """os.path.ismount, also for a mount whose daemon died (stat fails with ENOTCONN)."""
+    target = os.path.abspath(path)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace("\\040", " ") == target:
+                return True
+    return False
 
 
 @contextlib.contextmanager
@@ -330,5 +402,13 @@ def passthrough(source: Path, mountpoint: Path) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if os.path.ismount(mountpoint):
+        if _is_mount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description="Shared plumbing for the benchmarks in this folder; it measures nothing "
+                    "itself. Run one of them (python bench/NAME.py --help) or all "
+                    "(python bench/run_all.py --help).").parse_args()
+    print(__doc__)

@@ -21,11 +21,13 @@ CLI's single stream. Goals with downloads=4: >= 0.8 x 4 x RATE and >= 3x the CLI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
@@ -33,7 +35,7 @@ from common import MIB
 
 from glacierfs import treehash
 from glacierfs.sim.bandwidth import parse_rate
-from glacierfs.sim.testing import aws_env, wait_job
+from glacierfs.sim.testing import SimProcess, aws_env, wait_job
 
 VAULT = "bench"
 NAME = "archive.bin"
@@ -81,8 +83,16 @@ def glacierfs_download(sim, work: Path, extra: str, check: bool = False) -> floa
     return elapsed
 
 
-def prepare(work: Path, size: int, *sim_args: str):  # noqa: ANN201
-    sim = common.start_sim(work, "--delay", "Expedited=0", "--delay", "inventory=0", *sim_args)
+@contextlib.contextmanager
+def prepared(work: Path, size: int, *sim_args: str) -> Iterator[tuple[SimProcess, str, str]]:
+    """The emulator with one archive of ``size`` random bytes and a finished Expedited job for
+    it: (emulator, job id, tree hash), the emulator stopped when the block ends."""
+    with common.emulator(work, "--delay", "Expedited=0", "--delay", "inventory=0",
+                         *sim_args) as sim:
+        yield (sim, *_archive_and_job(sim, work, size))
+
+
+def _archive_and_job(sim: SimProcess, work: Path, size: int) -> tuple[str, str]:
     glacier = common.client(sim)
     glacier.create_vault(vaultName=VAULT)
     data = work / "archive.bin"
@@ -93,19 +103,16 @@ def prepare(work: Path, size: int, *sim_args: str):  # noqa: ANN201
     job_id = glacier.initiate_job(vaultName=VAULT, jobParameters={
         "Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": "Expedited"})["jobId"]
     assert wait_job(glacier, VAULT, job_id)["StatusCode"] == "Succeeded"
-    return sim, job_id, tree_hash
+    return job_id, tree_hash
 
 
 def unthrottled(args, work: Path) -> None:  # noqa: ANN001
     size = common.parse_size(args.size)
-    sim, job_id, tree_hash = prepare(work, size)
-    try:
+    with prepared(work, size) as (sim, job_id, tree_hash):
         glacierfs_download(sim, work, args.options, check=True)  # warm-up and byte check
         g_s, c_s = common.alternate(
             args.repeat, lambda: glacierfs_download(sim, work, args.options),
             lambda: cli_download(sim.url, job_id, work / "cli.out", tree_hash))
-    finally:
-        sim.stop()
     mb = size / MIB
     common.table(f"completed {mb:.0f} MiB retrieval onto the disk, verified, unthrottled "
                  f"(median of {args.repeat})", [
@@ -117,18 +124,15 @@ def unthrottled(args, work: Path) -> None:  # noqa: ANN001
 def throttled(args, work: Path) -> None:  # noqa: ANN001
     size = common.parse_size(args.throttled_size)
     rate = parse_rate(args.bandwidth)
-    sim, job_id, tree_hash = prepare(work, size, "--bandwidth", args.bandwidth)
     options = args.options + ("," if args.options else "")
     speeds: dict[int, float] = {}
-    try:
+    with prepared(work, size, "--bandwidth", args.bandwidth) as (sim, job_id, tree_hash):
         c_s = common.median([cli_download(sim.url, job_id, work / "cli.out", tree_hash)
                              for _ in range(args.repeat)])
         for n in SCALING:
             speeds[n] = common.median([
                 glacierfs_download(sim, work, f"{options}downloads={n}")
                 for _ in range(args.repeat)])
-    finally:
-        sim.stop()
     mb = size / MIB
     cap = rate / MIB
     rows = []
@@ -165,4 +169,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

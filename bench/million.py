@@ -14,11 +14,13 @@ of 1,000. A real inventory job is run and its JSON output downloaded; then
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
@@ -74,6 +76,19 @@ def build_tmpfs_tree(root: Path, big: int, dirs: int, count: int) -> None:
             os.close(os.open(path / f"file{i}.bin", os.O_CREAT | os.O_WRONLY, 0o444))
 
 
+@contextlib.contextmanager
+def tmpfs_mount(path: Path) -> Iterator[Path]:
+    """A tmpfs on ``path`` for the duration (the listing baseline)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,nr_inodes=0", "bench", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def timed_shell(command: str, cwd: Path) -> tuple[float, str]:
     started = time.perf_counter()
     out = subprocess.run(command, shell=True, cwd=cwd, check=True, capture_output=True,
@@ -87,18 +102,10 @@ def main() -> None:
     args = p.parse_args()
     count = args.count
     common.print_machine()
-    with common.workdir(args, "million") as work:
-        sim = common.start_sim(work, "--delay", "inventory=1")
-        mnt, tmpfs = work / "mnt", work / "tmpfs"
-        tmpfs.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,nr_inodes=0", "bench", str(tmpfs)],
-                       check=True)
-        try:
-            rows = run(sim, work, mnt, tmpfs, count, args.repeat)
-        finally:
-            common.unmount(mnt)
-            sim.stop()
-            subprocess.run(["umount", str(tmpfs)], check=False)
+    with (common.workdir(args, "million") as work,
+          common.emulator(work, "--delay", "inventory=1") as sim,
+          tmpfs_mount(work / "tmpfs") as tmpfs):
+        rows = run(sim, work, work / "mnt", tmpfs, count, args.repeat)
     common.table(f"a vault of {count:,} archives", rows)
 
 
@@ -174,4 +181,4 @@ def run(sim, work: Path, mnt: Path, tmpfs: Path, count: int, repeat: int) -> lis
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -56,34 +56,31 @@ def main() -> None:
                         "default on AWS; Standard's is 900)")
     args = p.parse_args()
     common.print_machine()
-    moto = s3server.start()
+    moto = s3server.start()   # in this process: it goes when the benchmark does
     try:
         topic, queue = channel(moto)
-        with common.workdir(args, "notify") as work:
-            sim = common.start_sim(work, "--sns-endpoint", moto.url,
-                                   "--delay", f"Standard={JOB_SECONDS}", "--delay", "inventory=1")
-            try:
-                glacier = common.client(sim)
-                glacier.create_vault(vaultName=VAULT)
-                for i in range(2 * args.repeat):
-                    glacier.upload_archive(vaultName=VAULT, archiveDescription=f"f{i}.bin",
-                                           body=bytes([i % 256]) * 100_000)
-                notified = (f"poll=3600,sns_topic={topic},sqs_queue_url={queue},"
-                            f"sqs_endpoint_url={moto.url}")
-                with common.mounted(sim, work / "notified", work / "cache-n", notified), \
-                        common.mounted(sim, work / "polling", work / "cache-p",
-                                       f"poll={args.poll:g}"):
-                    for side in ("notified", "polling"):
-                        common.wait_for(lambda s=side: (work / s / VAULT / "f0.bin").exists(),
-                                        3600 if side == "polling" else 120,
-                                        f"the {side} mount's listing")
-                    files = iter(range(2 * args.repeat))
-                    notice, poll = common.alternate(
-                        args.repeat,
-                        lambda: latency(glacier, work / "notified" / VAULT / f"f{next(files)}.bin"),
-                        lambda: latency(glacier, work / "polling" / VAULT / f"f{next(files)}.bin"))
-            finally:
-                sim.stop()
+        with (common.workdir(args, "notify") as work,
+              common.emulator(work, "--sns-endpoint", moto.url, "--delay",
+                              f"Standard={JOB_SECONDS}", "--delay", "inventory=1") as sim):
+            glacier = common.client(sim)
+            glacier.create_vault(vaultName=VAULT)
+            for i in range(2 * args.repeat):
+                glacier.upload_archive(vaultName=VAULT, archiveDescription=f"f{i}.bin",
+                                       body=bytes([i % 256]) * 100_000)
+            notified = (f"poll=3600,sns_topic={topic},sqs_queue_url={queue},"
+                        f"sqs_endpoint_url={moto.url}")
+            with (common.mounted(sim, work / "notified", work / "cache-n", notified),
+                  common.mounted(sim, work / "polling", work / "cache-p",
+                                 f"poll={args.poll:g}")):
+                for side in ("notified", "polling"):
+                    common.wait_for(lambda s=side: (work / s / VAULT / "f0.bin").exists(),
+                                    3600 if side == "polling" else 120,
+                                    f"the {side} mount's listing")
+                files = iter(range(2 * args.repeat))
+                notice, poll = common.alternate(
+                    args.repeat,
+                    lambda: latency(glacier, work / "notified" / VAULT / f"f{next(files)}.bin"),
+                    lambda: latency(glacier, work / "polling" / VAULT / f"f{next(files)}.bin"))
     finally:
         moto.stop()
     common.table(f"job completion → file cached (Standard jobs of {JOB_SECONDS:g} s, medians "
@@ -94,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -10,11 +10,11 @@ writeback cache), so a comparison measures glacierfs's own work and nothing else
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
 import stat
-import sys
 
 import pyfuse3
 import trio
@@ -132,9 +132,12 @@ async def _serve() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    source, mountpoint = os.path.abspath(sys.argv[1]), sys.argv[2]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Runs in the foreground; SIGTERM or SIGINT unmounts.")
+    p.add_argument("source", help="directory whose files are served")
+    p.add_argument("mountpoint")
+    args = p.parse_args()
+    source, mountpoint = os.path.abspath(args.source), args.mountpoint
     options = {"fsname=passthroughfs", "default_permissions"}
     pyfuse3.init(Passthrough(source), mountpoint, options)
     try:

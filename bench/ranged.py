@@ -13,6 +13,8 @@ Jobs take the same time on both sides (the emulator's Standard delay, 1 s here; 
 so the time ratio measures the local work; the retrieved ratio is the saving, about
 size / (one or two windows). Between rounds every job is expired so the next mount cannot reuse
 it. Prices for the cost line: Glacier vault list prices (us-east-1) in the README's cost model.
+``--range-size`` and ``--chunk-size`` change the windows (e.g. 2M and 1M for a quick run on a
+small zip).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 import zipfile
 
 import common
+
+from glacierfs.formatting import human
 
 VAULT = "bench"
 MIB = common.MIB
@@ -86,39 +90,43 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--size", type=common.parse_size, default=500 * MIB,
                    help="size of the zip (default 500M)")
+    p.add_argument("--range-size", default="32M",
+                   help="the ranged side's range_size (default 32M)")
+    p.add_argument("--chunk-size", default=None,
+                   help="both sides' chunk_size (default: glacierfs's; range_size must be a "
+                        "multiple of it)")
     args = p.parse_args()
+    chunk = f",chunk_size={args.chunk_size}" if args.chunk_size else ""
     common.print_machine()
-    with common.workdir(args, "ranged") as work:
-        sim = common.start_sim(work, "--delay", "Standard=1", "--delay", "inventory=1")
-        try:
-            glacier = common.client(sim)
-            glacier.create_vault(vaultName=VAULT)
-            data = make_zip(args.size)
-            upload(glacier, data)
-            results: dict[str, list[tuple[int, int, float]]] = {"ranged": [], "whole": []}
-            for n in range(args.repeat):
-                for side, extra in (("ranged", "range_size=32M"), ("whole", "range_size=off")):
-                    results[side].append(one_round(sim, glacier, work, len(data), extra,
-                                                   2 * n + (side == "whole")))
-        finally:
-            sim.stop()
+    with (common.workdir(args, "ranged") as work,
+          common.emulator(work, "--delay", "Standard=1", "--delay", "inventory=1") as sim):
+        glacier = common.client(sim)
+        glacier.create_vault(vaultName=VAULT)
+        data = make_zip(args.size)
+        upload(glacier, data)
+        results: dict[str, list[tuple[int, int, float]]] = {"ranged": [], "whole": []}
+        for n in range(args.repeat):
+            for side, extra in (("ranged", f"range_size={args.range_size}"),
+                                ("whole", "range_size=off")):
+                results[side].append(one_round(sim, glacier, work, len(data), extra + chunk,
+                                               2 * n + (side == "whole")))
     med = {side: tuple(common.median([r[i] for r in rs]) for i in range(3))
            for side, rs in results.items()}
     (r_ret, r_down, r_time), (w_ret, w_down, w_time) = med["ranged"], med["whole"]
     gb = 1e9
     rows = [
-        ("retrieved (billed)", f"{r_ret / MIB:.0f} MiB", f"{w_ret / MIB:.0f} MiB",
+        ("retrieved (billed)", human(r_ret), human(w_ret),
          f"{r_ret / w_ret:.3f}×", f"{w_ret / r_ret:.0f}× less"),
-        ("downloaded until the listing", f"{r_down / MIB:.0f} MiB", f"{w_down / MIB:.0f} MiB",
+        ("downloaded until the listing", human(r_down), human(w_down),
          f"{r_down / max(w_down, 1):.2f}×", "—"),
         ("time to listing (unzip -l)", f"{r_time:.2f} s", f"{w_time:.2f} s",
          f"{r_time / w_time:.2f}×", "—"),
         ("Standard cost at AWS prices", f"${r_ret / gb * STANDARD_PER_GB + STANDARD_PER_REQUEST:.5f}",
          f"${w_ret / gb * STANDARD_PER_GB + STANDARD_PER_REQUEST:.5f}", "—", "—"),
     ]
-    common.table(f"unzip -l of a {len(data) / MIB:.0f} MiB zip: ranged (32M) vs whole archive "
-                 f"(medians of {args.repeat})", rows)
+    common.table(f"unzip -l of a {len(data) / MIB:.0f} MiB zip: ranged ({args.range_size}) vs "
+                 f"whole archive (medians of {args.repeat})", rows)
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

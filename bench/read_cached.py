@@ -64,25 +64,21 @@ def main() -> None:
     args = p.parse_args()
     size = common.parse_size(args.size)
     common.print_machine()
-    with common.workdir(args, "read") as work:
-        sim = common.start_sim(work, "--delay", "Expedited=1", "--delay", "inventory=1")
+    with (common.workdir(args, "read") as work,
+          common.emulator(work, "--delay", "Expedited=1", "--delay", "inventory=1") as sim):
         gmnt, pmnt = work / "mnt-glacierfs", work / "mnt-passthrough"
         cache, plain_dir = work / "cache", work / "plain"
-        try:
-            glacier = common.client(sim)
-            glacier.create_vault(vaultName=VAULT)
-            plain = plain_dir / NAME
-            common.write_random_file(plain, size)
-            restore_s = restore(sim, glacier, work, gmnt, cache, plain)
-            print(f"restored and verified in {restore_s:.1f} s "
-                  f"({common.mib_s(size, restore_s):.0f} MiB/s incl. job wait)", flush=True)
-            files = chunk_files(cache)
-            assert sum(f.stat().st_size for f in files) == size
-            with common.mounted(sim, gmnt, cache), common.passthrough(plain_dir, pmnt):
-                rows = measure(gmnt / VAULT / NAME, pmnt / NAME, files, size, args)
-        finally:
-            common.unmount(gmnt)
-            sim.stop()
+        glacier = common.client(sim)
+        glacier.create_vault(vaultName=VAULT)
+        plain = plain_dir / NAME
+        common.write_random_file(plain, size)
+        restore_s = restore(sim, glacier, work, gmnt, cache, plain)
+        print(f"restored and verified in {restore_s:.1f} s "
+              f"({common.mib_s(size, restore_s):.0f} MiB/s incl. job wait)", flush=True)
+        files = chunk_files(cache)
+        assert sum(f.stat().st_size for f in files) == size
+        with common.mounted(sim, gmnt, cache), common.passthrough(plain_dir, pmnt):
+            rows = measure(gmnt / VAULT / NAME, pmnt / NAME, files, size, args)
     common.table(f"cached reads of a {size / MIB:.0f} MiB file (median of {args.repeat})", rows)
 
 
@@ -136,4 +132,4 @@ def measure(gpath: Path, ppath: Path, files: list[Path], size: int, args) -> lis
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -29,6 +29,7 @@ from glacierfs.options import MountOptions
 from glacierfs.jobs.retrieval import Retrieval
 from glacierfs.jobs.room import CacheRoom
 from glacierfs.jobs.selectjobs import SelectJobs
+from glacierfs.jobs.synologyjob import SynologyNames
 from glacierfs.store import Store
 from glacierfs.jobs.clock import budget_clock
 
@@ -123,7 +124,12 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                                               sns_topic=opts.sns_topic)
                 retrieval.notices = listener
                 inventories.poll_stretch = listener.poll_stretch
-            ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=inventories.ensure,
+            names = SynologyNames(ns, retrieval, inventories, opts, nursery, mountpoint)
+
+            def vault_opened(vault: str) -> None:
+                inventories.ensure(vault)
+                names.ensure(vault)
+            ops = GlacierOperations(ns, retrieval, opts, on_vault_opened=vault_opened,
                                     selects=selects)
             source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
             signals = mounted.enter_context(_stop_signals())

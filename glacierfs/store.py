@@ -70,8 +70,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_key ON entries(key) WHERE key IS NOT N
 CREATE UNIQUE INDEX IF NOT EXISTS entries_by_name ON entries(parent, name);
 CREATE INDEX IF NOT EXISTS entries_by_parent ON entries(parent, inode);
 CREATE INDEX IF NOT EXISTS entries_by_archive ON entries(vault, kind, inode);
-CREATE UNIQUE INDEX IF NOT EXISTS entries_file ON entries(archive_id, vault)
-    WHERE archive_id IS NOT NULL;
+DROP INDEX IF EXISTS entries_file;
+-- An archive's own file (key NULL) is unique per vault; more paths of it (Synology mappings)
+-- are entries keyed l:VAULT:ARCHIVE:PATH.
+CREATE UNIQUE INDEX IF NOT EXISTS entries_archive ON entries(archive_id, vault)
+    WHERE archive_id IS NOT NULL AND key IS NULL;
 CREATE TABLE IF NOT EXISTS vaults (
     name TEXT PRIMARY KEY,
     arn TEXT,
@@ -85,6 +88,13 @@ CREATE TABLE IF NOT EXISTS vaults (
     present INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS spend (ts REAL NOT NULL, bytes INTEGER NOT NULL, archive_id TEXT);
+-- Synology Glacier Backup names (catalog/synology.py): one row per safe path of a data vault,
+-- from the mapping database in VAULT_mapping, and what the vault's names wait for.
+CREATE TABLE IF NOT EXISTS synology_paths (vault TEXT NOT NULL, archive_id TEXT NOT NULL,
+    dir TEXT NOT NULL, name TEXT NOT NULL, mtime_ns INTEGER);
+CREATE INDEX IF NOT EXISTS synology_paths_by_archive ON synology_paths(vault, archive_id);
+CREATE TABLE IF NOT EXISTS synology_state (vault TEXT PRIMARY KEY, mapping_vault TEXT NOT NULL,
+    status TEXT NOT NULL, message TEXT, archive_id TEXT, paths INTEGER, updated_at REAL);
 """
 
 

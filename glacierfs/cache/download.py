@@ -34,8 +34,9 @@ import trio
 
 from glacierfs import diskfull, treehash
 from glacierfs.aws import glacier
-from glacierfs.cache.chunkcache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
-                             NotCached)
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.cache.errors import CacheFullError, ChunkVerificationError, NotCached
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB
 

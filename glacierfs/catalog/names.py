@@ -42,6 +42,7 @@ __all__ = [
     "decode_description",
     "duplicate_name",
     "safe_component",
+    "safe_parts",
 ]
 
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux; the kernel refuses longer names
@@ -150,6 +151,12 @@ def _parts_from_path(path: str, backslash_is_slash: bool) -> tuple[str, ...]:
     if parts and parts[0] in RESERVED_ROOT_NAMES:
         parts[0] = _fit(REPLACEMENT + parts[0])
     return tuple(parts)
+
+
+def safe_parts(path: str) -> tuple[str, ...]:
+    """A ``/``-separated path from an uploader's own records (not a description) as safe
+    components: the same rules as every decoded path; ``\\`` stays part of a name."""
+    return _parts_from_path(path, backslash_is_slash=False)
 
 
 def _single_part(text: str) -> tuple[str, ...]:

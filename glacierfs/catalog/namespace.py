@@ -144,7 +144,7 @@ class Namespace:
         if parent.kind == KIND_BY_ID:
             row = self.db.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE archive_id = ? AND vault = ? "
-                "AND kind = ?", (name, parent.vault, KIND_FILE)).fetchone()
+                "AND kind = ? AND key IS NULL", (name, parent.vault, KIND_FILE)).fetchone()
         else:
             row = self.db.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? AND name = ?",
@@ -157,7 +157,7 @@ class Namespace:
         if parent.kind == KIND_BY_ID:
             rows = self.db.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE vault = ? AND kind = ? "
-                "AND inode > ? ORDER BY inode LIMIT ?",
+                "AND key IS NULL AND inode > ? ORDER BY inode LIMIT ?",
                 (parent.vault, KIND_FILE, after_inode, limit)).fetchall()
             return [_entry((*r[:2], r[5], *r[3:])) for r in rows]  # named by archive id
         rows = self.db.execute(
@@ -167,7 +167,8 @@ class Namespace:
 
     def count_children(self, parent: Entry) -> int:
         if parent.kind == KIND_BY_ID:
-            sql, args = "SELECT count(*) FROM entries WHERE vault = ? AND kind = ?", \
+            sql, args = "SELECT count(*) FROM entries WHERE vault = ? AND kind = ? " \
+                        "AND key IS NULL", \
                 (parent.vault, KIND_FILE)
         else:
             sql, args = "SELECT count(*) FROM entries WHERE parent = ?", (parent.inode,)
@@ -204,8 +205,8 @@ class Namespace:
 
     def file_by_archive(self, archive_id: str) -> Entry | None:
         row = self.db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE archive_id = ? AND kind = ?",
-            (archive_id, KIND_FILE)).fetchone()
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE archive_id = ? AND kind = ? "
+            "AND key IS NULL", (archive_id, KIND_FILE)).fetchone()
         return _entry(row) if row else None
 
 
@@ -268,76 +269,14 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
     Duplicate archive ids keep the last row. Names: a directory keeps its name over a file;
     among files of one name the newest archive keeps it, older ones get
     ``names.duplicate_name``. Rows the parser rejects are counted, never fatal; a truncated
-    document still replaces the tree with what it held, and says so in the result.
+    document still replaces the tree with what it held, and says so in the result. A vault
+    with Synology mapping names (``synology_paths``) takes its paths from them.
     """
     report = inventory_mod.InventoryReport(vault_arn=None, inventory_date=None, rows_ok=0,
                                            rows_skipped=0, problems=[], truncated=False)
     db = store.db
-    dirs: dict[str, int] = {}
     with store.transaction():
-        vault_inode = _ensure_vault_entries(db, vault)
-        db.execute("DROP TABLE IF EXISTS temp.staged")
-        db.execute("CREATE TEMP TABLE staged (archive_id TEXT, dir TEXT, name TEXT, "
-                   "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_ns INTEGER, "
-                   "description TEXT)")
-        staged = _rows_for_staging(inventory_mod.iter_inventory(stream, fmt, report), dirs)
-        # No index while loading (random-order index inserts dominated); indexes are built
-        # by sorting afterwards, and duplicate archive ids resolved then.
-        insert = "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        batch: list[tuple] = []  # type: ignore[type-arg]
-        for item in staged:
-            batch.append(item)
-            if len(batch) >= INGEST_BATCH:
-                db.executemany(insert, batch)
-                batch.clear()
-        if batch:
-            db.executemany(insert, batch)
-        db.execute("CREATE INDEX temp.staged_id ON staged(archive_id)")
-        _drop_duplicate_ids(db)
-        db.execute("CREATE INDEX temp.staged_name ON staged(dir, name)")
-        _resolve_name_clashes(db, dirs)
-
-        # Park the vault's current entries out of the way of the unique (parent, name) index;
-        # whatever the new inventory does not bring back is deleted at the end.
-        db.execute("UPDATE entries SET parent = -inode WHERE vault = ? AND kind IN (?, ?)",
-                   (vault, KIND_DIR, KIND_FILE))
-        for path in sorted(dirs, key=lambda p: (p.count("/"), p)):
-            head, _, name = path.rpartition("/")
-            parent_key = f"d:{vault}/{head}" if head else None
-            db.execute(
-                "INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, "
-                "COALESCE((SELECT inode FROM entries WHERE key = ?), ?), ?, ?, ?) "
-                "ON CONFLICT(key) WHERE key IS NOT NULL "
-                "DO UPDATE SET parent = excluded.parent, name = excluded.name",
-                (f"d:{vault}/{path}", parent_key, vault_inode, name, KIND_DIR, vault))
-        db.execute(
-            "INSERT INTO entries(parent, name, kind, vault, archive_id, size, mtime_ns, "
-            "tree_hash, creation_ns, description) "
-            "SELECT CASE WHEN s.dir = '' THEN ? WHEN s.dir = ? THEN (SELECT inode FROM entries "
-            "WHERE key = 'b:' || ?) ELSE (SELECT inode FROM entries WHERE key = "
-            "'d:' || ? || '/' || s.dir) END, s.name, ?, ?, s.archive_id, s.size, s.mtime_ns, "
-            "s.tree_hash, s.creation_ns, s.description FROM temp.staged s "
-            "ORDER BY s.dir, s.name "  # a directory's files get neighbouring rows and inodes
-            "ON CONFLICT(archive_id, vault) WHERE archive_id IS NOT NULL "
-            "DO UPDATE SET parent = excluded.parent, name = excluded.name, "
-            "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
-            "creation_ns = excluded.creation_ns, description = excluded.description",
-            (vault_inode, BY_ID_ONLY, vault, vault, KIND_FILE, vault))
-        db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
-                   (vault, KIND_DIR, KIND_FILE))
-        # A directory's mtime is its newest member's: rolled up from the deepest level.
-        vault_mtime = db.execute("SELECT COALESCE(MAX(mtime_ns), 0) FROM temp.staged "
-                                 "WHERE dir = ''").fetchone()[0]
-        for path in sorted(dirs, key=lambda p: -p.count("/")):
-            head = path.rpartition("/")[0]
-            if head:
-                dirs[head] = max(dirs[head], dirs[path])
-            else:
-                vault_mtime = max(vault_mtime, dirs[path])
-        db.executemany("UPDATE entries SET mtime_ns = ? WHERE key = ?",
-                       [(t, f"d:{vault}/{p}") for p, t in dirs.items()])
-        db.execute("UPDATE entries SET mtime_ns = ? WHERE key = ?", (vault_mtime, f"v:{vault}"))
-        count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
+        count = _replace_tree(db, vault, inventory_mod.iter_inventory(stream, fmt, report))
         inv_date = report.inventory_date.strftime("%Y-%m-%dT%H:%M:%SZ") \
             if report.inventory_date else None
         message = None
@@ -352,11 +291,166 @@ def ingest_inventory(store: Store, vault: str, stream: BinaryIO, fmt: str,
             "inventory_loaded_at = strftime('%s','now'), number_of_archives = ?, "
             "arn = COALESCE(arn, ?) WHERE name = ?",
             (inv_date, job_id, message, count, report.vault_arn, vault))
-        db.execute("DROP TABLE temp.staged")
     if report.problems:
         log.warning("vault %s: inventory problems: %s", vault, "; ".join(report.problems[:5]))
     return IngestResult(count, report.rows_skipped, report.truncated, tuple(report.problems),
                         inv_date)
+
+
+class _StoredArchive(NamedTuple):
+    """An archive as the tree holds it, in the shape of an inventory row (for re-naming)."""
+    archive_id: str
+    description: str
+    creation_date: datetime
+    size: int
+    tree_hash: str
+
+
+def rebuild_tree(store: Store, vault: str) -> int:
+    """Place ``vault``'s archives again from what the tree holds (no inventory needed): after
+    its Synology names arrived or changed. Inode numbers of archives stay theirs. Returns the
+    number of archives (blocking)."""
+    db = store.db
+
+    def stored() -> Iterator[_StoredArchive]:  # read while staging: memory stays flat
+        for a, d, c, n, t in db.execute(
+                "SELECT archive_id, COALESCE(description, ''), creation_ns, size, "
+                "COALESCE(tree_hash, '') FROM entries WHERE vault = ? AND kind = ? AND "
+                "key IS NULL AND archive_id IS NOT NULL AND parent > 0", (vault, KIND_FILE)):
+            yield _StoredArchive(a, d, _EPOCH + ((c or 0) // 1000) * _MICROSECOND, n, t)
+
+    with store.transaction():
+        return _replace_tree(db, vault, stored())
+
+
+def _replace_tree(db: sqlite3.Connection, vault: str,
+                  rows: Iterator[inventory_mod.InventoryArchive] | Iterator[_StoredArchive]) -> int:
+    """The vault's tree made exactly ``rows`` (inside the caller's transaction); returns the
+    number of archives."""
+    dirs: dict[str, int] = {}
+    vault_inode = _ensure_vault_entries(db, vault)
+    db.execute("DROP TABLE IF EXISTS temp.staged")
+    db.execute("CREATE TEMP TABLE staged (archive_id TEXT, dir TEXT, name TEXT, "
+               "size INTEGER, mtime_ns INTEGER, tree_hash TEXT, creation_ns INTEGER, "
+               "description TEXT, alias INTEGER NOT NULL DEFAULT 0)")
+    staged = _rows_for_staging(rows, dirs)  # type: ignore[arg-type]
+    # No index while loading (random-order index inserts dominated); indexes are built
+    # by sorting afterwards, and duplicate archive ids resolved then.
+    insert = ("INSERT INTO temp.staged(archive_id, dir, name, size, mtime_ns, tree_hash, "
+              "creation_ns, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    batch: list[tuple] = []  # type: ignore[type-arg]
+    for item in staged:
+        batch.append(item)
+        if len(batch) >= INGEST_BATCH:
+            db.executemany(insert, batch)
+            batch.clear()
+    if batch:
+        db.executemany(insert, batch)
+    db.execute("CREATE INDEX temp.staged_id ON staged(archive_id)")
+    _drop_duplicate_ids(db)
+    count = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
+    _apply_mapped_names(db, vault, dirs)
+    db.execute("CREATE INDEX temp.staged_name ON staged(dir, name)")
+    _resolve_name_clashes(db, dirs)
+
+    # Park the vault's current entries out of the way of the unique (parent, name) index;
+    # whatever the new inventory does not bring back is deleted at the end.
+    db.execute("UPDATE entries SET parent = -inode WHERE vault = ? AND kind IN (?, ?)",
+               (vault, KIND_DIR, KIND_FILE))
+    for path in sorted(dirs, key=lambda p: (p.count("/"), p)):
+        head, _, name = path.rpartition("/")
+        parent_key = f"d:{vault}/{head}" if head else None
+        db.execute(
+            "INSERT INTO entries(key, parent, name, kind, vault) VALUES (?, "
+            "COALESCE((SELECT inode FROM entries WHERE key = ?), ?), ?, ?, ?) "
+            "ON CONFLICT(key) WHERE key IS NOT NULL "
+            "DO UPDATE SET parent = excluded.parent, name = excluded.name",
+            (f"d:{vault}/{path}", parent_key, vault_inode, name, KIND_DIR, vault))
+    parent_sql = ("CASE WHEN s.dir = '' THEN ? WHEN s.dir = ? THEN (SELECT inode FROM entries "
+                  "WHERE key = 'b:' || ?) ELSE (SELECT inode FROM entries WHERE key = "
+                  "'d:' || ? || '/' || s.dir) END")
+    db.execute(
+        "INSERT INTO entries(parent, name, kind, vault, archive_id, size, mtime_ns, "
+        f"tree_hash, creation_ns, description) SELECT {parent_sql}, s.name, ?, ?, "
+        "s.archive_id, s.size, s.mtime_ns, s.tree_hash, s.creation_ns, s.description "
+        "FROM temp.staged s WHERE s.alias = 0 "
+        "ORDER BY s.dir, s.name "  # a directory's files get neighbouring rows and inodes
+        "ON CONFLICT(archive_id, vault) WHERE archive_id IS NOT NULL AND key IS NULL "
+        "DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+        "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
+        "creation_ns = excluded.creation_ns, description = excluded.description",
+        (vault_inode, BY_ID_ONLY, vault, vault, KIND_FILE, vault))
+    # More paths of one archive (a Synology mapping's deduplicated files): entries of their
+    # own, keyed by vault, archive and path, so a path keeps its inode while it keeps its archive.
+    db.execute(
+        "INSERT INTO entries(key, parent, name, kind, vault, archive_id, size, mtime_ns, "
+        "tree_hash, creation_ns, description) SELECT 'l:' || ? || ':' || s.archive_id || ':' "
+        f"|| s.dir || '/' || s.name, {parent_sql}, s.name, ?, ?, s.archive_id, s.size, "
+        "s.mtime_ns, s.tree_hash, s.creation_ns, s.description FROM temp.staged s "
+        "WHERE s.alias = 1 ORDER BY s.dir, s.name "
+        "ON CONFLICT(key) WHERE key IS NOT NULL "
+        "DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+        "size = excluded.size, mtime_ns = excluded.mtime_ns, tree_hash = excluded.tree_hash, "
+        "creation_ns = excluded.creation_ns, description = excluded.description",
+        (vault, vault_inode, BY_ID_ONLY, vault, vault, KIND_FILE, vault))
+    db.execute("DELETE FROM entries WHERE vault = ? AND parent < 0 AND kind IN (?, ?)",
+               (vault, KIND_DIR, KIND_FILE))
+    # A directory's mtime is its newest member's: rolled up from the deepest level.
+    vault_mtime = db.execute("SELECT COALESCE(MAX(mtime_ns), 0) FROM temp.staged "
+                             "WHERE dir = ''").fetchone()[0]
+    for path in sorted(dirs, key=lambda p: -p.count("/")):
+        head = path.rpartition("/")[0]
+        if head:
+            dirs[head] = max(dirs[head], dirs[path])
+        else:
+            vault_mtime = max(vault_mtime, dirs[path])
+    db.executemany("UPDATE entries SET mtime_ns = ? WHERE key = ?",
+                   [(t, f"d:{vault}/{p}") for p, t in dirs.items()])
+    db.execute("UPDATE entries SET mtime_ns = ? WHERE key = ?", (vault_mtime, f"v:{vault}"))
+    db.execute("DROP TABLE temp.staged")
+    return int(count)
+
+
+def _apply_mapped_names(db: sqlite3.Connection, vault: str, dirs: dict[str, int]) -> None:
+    """Synology names (``synology_paths``, filled by ``catalog.synology``) for the staged
+    archives that have any: an archive's first path (in path order) is its own file, every
+    further path an alias row; archives without a path keep the names they were staged with.
+    ``dirs`` is rebuilt from the staged paths (directories decoded from descriptions of
+    renamed archives must not linger)."""
+    if not db.execute("SELECT EXISTS(SELECT 1 FROM synology_paths WHERE vault = ?)",
+                      (vault,)).fetchone()[0]:
+        return
+    db.execute("DROP TABLE IF EXISTS temp.mapped")
+    db.execute(
+        "CREATE TEMP TABLE mapped AS SELECT p.archive_id, p.dir, p.name, p.mtime_ns, "
+        "row_number() OVER (PARTITION BY p.archive_id ORDER BY p.dir, p.name) AS n "
+        "FROM synology_paths p JOIN temp.staged s ON s.archive_id = p.archive_id "
+        "AND s.dir != ? WHERE p.vault = ?", (BY_ID_ONLY, vault))
+    db.execute("CREATE INDEX temp.mapped_id ON mapped(archive_id, n)")
+    db.execute(
+        "INSERT INTO temp.staged(archive_id, dir, name, size, mtime_ns, tree_hash, creation_ns, "
+        "description, alias) SELECT s.archive_id, m.dir, m.name, s.size, "
+        "COALESCE(m.mtime_ns, s.creation_ns), s.tree_hash, s.creation_ns, s.description, 1 "
+        "FROM temp.mapped m JOIN temp.staged s ON s.archive_id = m.archive_id AND s.alias = 0 "
+        "WHERE m.n > 1")
+    db.execute(
+        "UPDATE temp.staged SET dir = m.dir, name = m.name, "
+        "mtime_ns = COALESCE(m.mtime_ns, staged.creation_ns) FROM temp.mapped m "
+        "WHERE m.archive_id = staged.archive_id AND m.n = 1 AND staged.alias = 0")
+    db.execute("DROP TABLE temp.mapped")
+    dirs.clear()
+    for (description,) in db.execute("SELECT description FROM temp.staged WHERE dir = ?",
+                                     (BY_ID_ONLY,)).fetchall():
+        parts = names.decode_description(description or "").parts
+        for i in range(1, len(parts) + 1):
+            dirs.setdefault("/".join(parts[:i]), 0)
+    for directory, newest in db.execute(
+            "SELECT dir, MAX(mtime_ns) FROM temp.staged WHERE dir NOT IN ('', ?) GROUP BY dir",
+            (BY_ID_ONLY,)).fetchall():
+        parts = directory.split("/")
+        for i in range(1, len(parts)):
+            dirs.setdefault("/".join(parts[:i]), 0)
+        dirs[directory] = max(dirs.get(directory, 0), newest or 0)
 
 
 def _drop_duplicate_ids(db: sqlite3.Connection) -> None:
@@ -379,24 +473,24 @@ def _resolve_name_clashes(db: sqlite3.Connection, dirs: Collection[str]) -> None
             "EXISTS(SELECT 1 FROM temp.staged_dirs WHERE path = ?)",
             (directory, name, path)).fetchone()[0] == 1
 
-    def rename(archive_id: str, directory: str, name: str) -> None:
+    def rename(rowid: int, archive_id: str, directory: str, name: str) -> None:
         new = names.duplicate_name(name, archive_id)
         while taken(directory, new):
             new = names.duplicate_name(new, archive_id)
-        db.execute("UPDATE temp.staged SET name = ? WHERE archive_id = ?", (new, archive_id))
+        db.execute("UPDATE temp.staged SET name = ? WHERE rowid = ?", (new, rowid))
 
     # A file whose path is also a directory's: the directory keeps the name.
-    for archive_id, directory, name in db.execute(
-            "SELECT archive_id, dir, name FROM temp.staged WHERE "
+    for rowid, archive_id, directory, name in db.execute(
+            "SELECT rowid, archive_id, dir, name FROM temp.staged WHERE "
             "(CASE WHEN dir = '' THEN name ELSE dir || '/' || name END) IN "
             "(SELECT path FROM temp.staged_dirs)").fetchall():
-        rename(archive_id, directory, name)
+        rename(rowid, archive_id, directory, name)
     # Files sharing a name: the newest keeps it, the others move aside in a fixed order.
     for directory, name in db.execute("SELECT dir, name FROM temp.staged GROUP BY dir, name "
                                       "HAVING count(*) > 1").fetchall():
         members = db.execute(
-            "SELECT archive_id FROM temp.staged WHERE dir = ? AND name = ? "
-            "ORDER BY creation_ns DESC, archive_id", (directory, name)).fetchall()
-        for (archive_id,) in members[1:]:
-            rename(archive_id, directory, name)
+            "SELECT rowid, archive_id FROM temp.staged WHERE dir = ? AND name = ? "
+            "ORDER BY creation_ns DESC, archive_id, alias, rowid", (directory, name)).fetchall()
+        for rowid, archive_id in members[1:]:
+            rename(rowid, archive_id, directory, name)
     db.execute("DROP TABLE temp.staged_dirs")

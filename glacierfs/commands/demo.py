@@ -3,11 +3,13 @@
 Starts the emulator (in the background, state in ``--data-dir``), fills it once with vaults
 whose archives carry descriptions in every format real uploaders write (mt-aws-glacier,
 FastGlacier, CloudBerry, QNAP, plain paths; folders, non-ASCII names, duplicates), sizes from
-a few bytes to hundreds of MB, and a CSV archive to query with ``glacierfs select``; runs a local
-S3 endpoint (moto's server, in the emulator's process) for the select results, which also
-serves SNS and SQS: the emulator publishes job completions to a topic there, a queue subscribed
-to it is what the mount listens to, so a restore is cached as soon as its job is done; then
-mounts it and prints what to try. Running it again reuses what is there.
+a few bytes to hundreds of MB, a Synology Glacier Backup pair (a data vault and its
+``_mapping`` vault holding the SQLite names database), and a CSV archive to query with
+``glacierfs select``; runs a local S3 endpoint (moto's server, in the emulator's process) for
+the select results, which also serves SNS and SQS: the emulator publishes job completions to a
+topic there, a queue subscribed to it is what the mount listens to, so a restore is cached as
+soon as its job is done; then mounts it and prints what to try. Running it again reuses what is
+there.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULT_DATA = "/var/lib/glacierfs-demo"
 DEMO_DELAYS = ("Expedited=5", "Standard=20", "Bulk=45", "inventory=3")
 SEEDED_MARK = "seeded-v1"
 CSV_MARK = "seeded-csv-v1"      # the CSV archive came later: demos seeded before get it too
+SYNOLOGY_MARK = "seeded-synology-v1"   # so did the Synology pair
+SYNOLOGY_VAULT = "NAS_0012345ABCDE_1"  # a Synology Glacier Backup task's data vault
 DEMO_BUCKET = "glacierfs-demo"  # select results go there, in the emulator's local S3
 CSV_PATH = "reports/sales-2023.csv"
 CSV_VAULT = "documents"
@@ -111,6 +115,11 @@ def demo_archives() -> dict[str, list[tuple[str, int]]]:
             (mt2("etc/hosts", "20240101T000000Z"), 200),
         ],
     }
+
+
+def demo_vaults() -> set[str]:
+    """Every vault the demo creates."""
+    return set(demo_archives()) | {SYNOLOGY_VAULT, SYNOLOGY_VAULT + "_mapping"}
 
 
 # --- orchestration ---------------------------------------------------------------------------
@@ -224,12 +233,72 @@ def start_emulator(data_dir: Path, port: int, s3_port: int | None = None) -> str
     return url
 
 
+# Synology Glacier Backup: files of the NAS share "photo" and "homes", one archive each with no
+# description; (share, path, backup time, content) — one file backed up twice (two versions),
+# one deduplicated (the same archive at two paths).
+SYNOLOGY_FILES = (
+    ("photo", "important/photos/march 2015/IMG_20150507_194814.JPG", 1431027000, "img-1"),
+    ("photo", "important/photos/march 2015/IMG_20150507_195102.JPG", 1431027000, "img-2"),
+    ("homes", "admin/Documents/budget.txt", 1431027000, "budget-v1"),
+    ("homes", "admin/Documents/budget.txt", 1500000000, "budget-v2"),
+)
+SYNOLOGY_COPY = ("homes", "admin/Desktop/IMG_20150507_194814.JPG")  # a copy of img-1
+
+
+def synology_mapping(rows: list[tuple[str, str, str, int, int, int]], path: Path) -> bytes:
+    """A mapping database as Synology's Glacier Backup writes it: ``file_info_tb`` (share,
+    path, archive id, backup time, version, current) and ``backup_info_tb``."""
+    import sqlite3
+    path.unlink(missing_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE file_info_tb (key INTEGER PRIMARY KEY, shareName TEXT, "
+               "basePath TEXT, archiveID TEXT, lastBkpTime INTEGER, fileSize INTEGER, "
+               "archiveVersion INTEGER, current INTEGER, checksum TEXT)")
+    db.execute("CREATE TABLE backup_info_tb (key TEXT, value TEXT)")
+    db.executemany("INSERT INTO file_info_tb(shareName, basePath, archiveID, lastBkpTime, "
+                   "archiveVersion, current) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.executemany("INSERT INTO backup_info_tb VALUES (?, ?)", [
+        ("taskName", "DiskStation backup"), ("hostName", "DiskStation"),
+        ("bkpFolder", "photo,homes"), ("lastBkpTime", "1500000000")])
+    db.commit()
+    db.close()
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def seed_synology(client, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The data vault (raw files, no descriptions) and its ``_mapping`` vault."""
+    client.create_vault(vaultName=SYNOLOGY_VAULT)
+    client.create_vault(vaultName=SYNOLOGY_VAULT + "_mapping")
+    rows: list[tuple[str, str, str, int, int, int]] = []
+    by_content: dict[str, str] = {}
+    versions: dict[str, int] = {}
+    for share, path, when, content in SYNOLOGY_FILES:
+        body = (f"{share}/{path} ({content}): a file of a Synology Glacier Backup task\n"
+                * 40).encode()
+        archive_id = client.upload_archive(vaultName=SYNOLOGY_VAULT, archiveDescription="",
+                                           body=body)["archiveId"]
+        by_content[content] = archive_id
+        versions[path] = versions.get(path, 0) + 1
+        rows.append((share, path, archive_id, when, versions[path], 1))
+    # only the last version of a path is current
+    rows = [(s, p, a, w, v, int(v == versions[p])) for s, p, a, w, v, _ in rows]
+    rows.append((*SYNOLOGY_COPY, by_content["img-1"], 1431027000, 1, 1))
+    client.upload_archive(vaultName=SYNOLOGY_VAULT + "_mapping", archiveDescription="",
+                          body=synology_mapping(rows, data_dir / "mapping.sqlite.tmp"))
+
+
 def seed(url: str, data_dir: Path) -> None:
     import boto3
     client = boto3.client("glacier", region_name="us-east-1", endpoint_url=url,
                           aws_access_key_id="demo", aws_secret_access_key="demo")
     mark = data_dir / SEEDED_MARK
     csv_mark = data_dir / CSV_MARK
+    synology_mark = data_dir / SYNOLOGY_MARK
+    if not synology_mark.exists():
+        seed_synology(client, data_dir)
+        synology_mark.write_text("ok\n")
     if mark.exists():
         if not csv_mark.exists():
             client.upload_archive(vaultName=CSV_VAULT, archiveDescription=CSV_PATH,
@@ -362,6 +431,9 @@ glacierfs demo is mounted on {mnt}: a Glacier account served by a local emulator
 Standard retrieval takes 20 seconds instead of hours. Try:
   ls {mnt}                          # one directory per vault
   ls -lR {mnt}/photos               # names decoded from mt-aws-glacier, FastGlacier, …
+  ls -lR {mnt}/{SYNOLOGY_VAULT}   # Synology Glacier Backup: names from its _mapping vault's
+                                    # database, once that archive is retrieved (~20 s here)
+  getfattr -d -m user.glacier.names {mnt}/{SYNOLOGY_VAULT}
   getfattr -d -m user.glacier {mnt}/documents/hello.txt
   cat {mnt}/documents/hello.txt     # starts a retrieval: "Object is remote"
   glacierfs status {mnt}            # jobs, downloads, cache; cat again after ~20 s

@@ -93,6 +93,10 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
         lines.append(f"  {v['name']:<24} {count if count is not None else '-':>9} archives  "
                      f"{detail}" + (f"  ({v['inventory_message']})"
                                     if v.get("inventory_message") else ""))
+        names = v.get("names")
+        if names:
+            lines.append(f"    names: {names.get('format')} {names.get('status')}"
+                         + (f" ({names['message']})" if names.get("message") else ""))
     counts = doc.get("job_counts", {})
     lines.append("Jobs: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"))
     now = doc.get("time", time.time())

@@ -41,6 +41,7 @@ from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retriev
                                  RetrievalFailed)
 from glacierfs.jobs.selectjobs import SelectJobs
 from glacierfs.jobs.selectspec import SELECT_XATTR, SelectRequest, SpecError
+from glacierfs.catalog import synology
 from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,8 @@ class GlacierOperations(pyfuse3.Operations):
             return values
         if entry.kind == KIND_VAULT:
             info = self.ns.vault(entry.vault)
-            return xattrs.vault_attributes(info) if info else {}
+            return xattrs.vault_attributes(info, synology.vault_names(self.ns.db, entry.vault)) \
+                if info else {}
         if entry.inode == ROOT_INODE:
             return self._root_attributes()
         return {}

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from glacierfs.aws import glacier
+from glacierfs.catalog import synology
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
 from glacierfs.options import is_loopback_url
 
@@ -57,6 +58,7 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
         "inventory_date": v.inventory_date,
         "inventory_status": v.inventory_status or "None",
         "inventory_message": v.inventory_message,
+        **_names(ns, v.name),
     } for v in ns.vaults()]
     observed = observed_durations(retrieval.records.values())
     records = sorted(retrieval.records.values(),
@@ -124,6 +126,16 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
         "notifications": (retrieval.notices.status() if retrieval.notices is not None
                           else {"sns_topic": options.sns_topic, "queue_url": None}),
     }
+
+
+def _names(ns: Namespace, vault: str) -> dict[str, Any]:
+    """Where a Synology data vault's names come from, under ``names`` (other vaults: none)."""
+    state = synology.vault_names(ns.db, vault)
+    if state is None:
+        return {}
+    return {"names": {"format": "synology", "status": state.status, "message": state.message,
+                      "mapping_vault": state.mapping_vault,
+                      "mapping_archive_id": state.archive_id, "paths": state.paths}}
 
 
 def _ranged_job(ns: Namespace, retrieval: Retrieval, archive_id: str, jobs: list[dict[str, Any]],

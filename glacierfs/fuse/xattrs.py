@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING
 
 from glacierfs.catalog.namespace import Entry, VaultInfo
+from glacierfs.catalog.synology import NamesState
 
 if TYPE_CHECKING:
     from glacierfs.catalog.namespace import Namespace
@@ -57,8 +58,18 @@ def file_attributes(entry: Entry, retrieval: Retrieval) -> dict[str, str]:
     return values
 
 
-def vault_attributes(info: VaultInfo) -> dict[str, str]:
+def vault_attributes(info: VaultInfo, names: NamesState | None = None) -> dict[str, str]:
     values = {"user.glacier.vault_arn": info.arn or ""}
+    if names is not None:  # a Synology backup task's data vault: where its names come from
+        values["user.glacier.names.format"] = "synology"
+        values["user.glacier.names.status"] = names.status
+        values["user.glacier.names.mapping_vault"] = names.mapping_vault
+        if names.archive_id:
+            values["user.glacier.names.mapping_archive_id"] = names.archive_id
+        if names.message:
+            values["user.glacier.names.message"] = names.message
+        if names.paths is not None:
+            values["user.glacier.names.paths"] = str(names.paths)
     if info.inventory_date:
         values["user.glacier.inventory.date"] = info.inventory_date
     if info.inventory_job_id:

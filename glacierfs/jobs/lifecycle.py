@@ -19,8 +19,9 @@ from typing import Any
 import trio
 
 from glacierfs.aws import glacier
-from glacierfs.cache.chunkcache import ArchiveLayout, ChunkCache
+from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.cache.download import BACKGROUND, Downloader, DownloadOutcome
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.catalog.namespace import Entry
 from glacierfs.jobs.jobstore import FAILED, QUEUED, JobRecord, JobStore
 from glacierfs.jobs.ranges import RangeBook

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from glacierfs import treehash
 from glacierfs.aws import glacier
-from glacierfs.cache.chunkcache import ArchiveLayout, ChunkCache
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord
 from glacierfs.treehash import MIB
 

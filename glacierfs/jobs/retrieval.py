@@ -34,8 +34,10 @@ from typing import Any, NamedTuple
 import trio
 
 from glacierfs.aws import glacier
-from glacierfs.cache.chunkcache import ArchiveLayout, CacheFullError, ChunkCache, NoRoomError, NotCached
+from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.cache.download import FOREGROUND, Downloader
+from glacierfs.cache.errors import CacheFullError, NoRoomError, NotCached
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.jobs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,
                                 JobStore)
 from glacierfs.catalog.namespace import Entry

@@ -16,14 +16,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from glacierfs.cache import chunkcache as cache_mod
-from glacierfs.cache.chunkcache import (
-    ArchiveLayout,
-    CacheFullError,
-    ChunkCache,
-    ChunkVerificationError,
-    NotCached,
-)
+from glacierfs.cache import chunkcache as cache_mod, handles as handles_mod, layout as layout_mod
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.cache.errors import CacheError, CacheFullError, ChunkVerificationError, NotCached
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.treehash import MIB, fold, tree_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -360,7 +356,7 @@ def test_chunk_removed_elsewhere_stops_being_served_after_the_recheck(tmp_path, 
     with ChunkCache(tmp_path / "c", 64 * MIB) as other:  # e.g. another process
         other.discard_archive("arch")
     assert reader.read(layout, 0, 10) == data[:10]  # open handle, within the interval: old bytes
-    monkeypatch.setattr(cache_mod, "RECHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(handles_mod, "RECHECK_INTERVAL", 0.0)
     with pytest.raises(NotCached):
         reader.read(layout, 0, 10)
     assert reader.state(layout) == "absent"
@@ -368,7 +364,7 @@ def test_chunk_removed_elsewhere_stops_being_served_after_the_recheck(tmp_path, 
 
 
 def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypatch):
-    monkeypatch.setattr(cache_mod, "HANDLE_CACHE_SIZE", 1)
+    monkeypatch.setattr(handles_mod, "HANDLE_CACHE_SIZE", 1)
     data = make_data(4 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data)
@@ -478,7 +474,7 @@ def _fail_writes_after(monkeypatch, budget: int, err: int = errno.ENOSPC) -> Non
         left[0] -= n
         return n
 
-    monkeypatch.setattr(cache_mod.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
@@ -505,8 +501,8 @@ def test_disk_full_on_fsync(cache, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(cache_mod.os, "fsync", fsync)
-        m.setattr(cache_mod.os, "fdatasync", fsync)  # chunk files are made durable with it
+        m.setattr(os, "fsync", fsync)
+        m.setattr(os, "fdatasync", fsync)  # chunk files are made durable with it
         with pytest.raises(CacheFullError):
             put(cache, layout, data)
         with pytest.raises(CacheFullError):  # the streaming writer alike
@@ -594,10 +590,11 @@ def test_real_disk_full_on_a_tiny_tmpfs(tiny_fs):
 CRASH_CHILD = textwrap.dedent("""
     import os, random, sys
     from glacierfs.cache import chunkcache as cm
+    from glacierfs.cache.layout import ArchiveLayout
     from glacierfs.treehash import MIB, tree_hash
     directory, where, how = sys.argv[1], sys.argv[2], sys.argv[3]
     data = random.Random(3).randbytes(2 * MIB)
-    layout = cm.ArchiveLayout("arch", len(data), MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
     c = cm.ChunkCache(directory, 64 * MIB)
     c.put_chunk(layout, 0, data[:MIB], tree_hash(data[:MIB]))
     if where == "mid-write":
@@ -608,10 +605,10 @@ CRASH_CHILD = textwrap.dedent("""
         def pwrite(fd, buf, offset):
             real_pwrite(fd, memoryview(buf)[:MIB // 3], offset)
             os._exit(137)
-        cm.os.write = write
-        cm.os.pwrite = pwrite
+        os.write = write
+        os.pwrite = pwrite
     else:  # file complete and durable, row not yet committed
-        cm.os.fsync = cm.os.fdatasync = lambda fd: os._exit(137)
+        os.fsync = os.fdatasync = lambda fd: os._exit(137)
     if how == "put":
         c.put_chunk(layout, 1, data[MIB:], tree_hash(data[MIB:]))
     else:  # the downloader's streaming writer
@@ -674,7 +671,7 @@ def test_directory_owned_by_someone_else_is_refused(tmp_path):
     directory = tmp_path / "c"
     directory.mkdir(mode=0o700)
     os.chown(directory, 12345, 12345)
-    with pytest.raises(cache_mod.CacheError):
+    with pytest.raises(CacheError):
         ChunkCache(directory, 64 * MIB)
 
 
@@ -683,12 +680,12 @@ def test_directory_owned_by_someone_else_is_refused(tmp_path):
 @given(aid=st.text(min_size=1, max_size=200), shift=st.integers(0, 10), index=st.integers(0, 10**6))
 def test_keys_round_trip_and_never_share_an_archive_prefix(aid, shift, index):
     layout = ArchiveLayout(aid, 1, MIB << shift)
-    key = cache_mod._chunk_key(layout, index)
-    assert cache_mod._slot(key) == (aid, MIB << shift, index)
-    low, high = cache_mod._prefix_bounds(cache_mod._key_prefix(aid))
+    key = layout_mod.chunk_key(layout, index)
+    assert layout_mod.slot_of(key) == (aid, MIB << shift, index)
+    low, high = layout_mod.prefix_bounds(layout_mod.key_prefix(aid))
     assert low <= key < high
     other = ArchiveLayout(aid + "0", 1, MIB)  # an id extending this one is outside its range
-    assert not low <= cache_mod._chunk_key(other, index) < high
+    assert not low <= layout_mod.chunk_key(other, index) < high
 
 
 # --- streaming writer and chunks held unverified ---------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from glacierfs.cache.chunkcache import ArchiveLayout
+from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.jobs.jobstore import QUEUED, SUCCEEDED, JobRecord
 from glacierfs.options import MountOptions, OptionError, parse_options
 from glacierfs.jobs.ranges import RangeBook

@@ -17,23 +17,14 @@ emulator sent (GetJobOutput bodies, plus a few ListJobs pages). Goal: about the 
 
 from __future__ import annotations
 
-import os
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-# This file is named like the standard library's ``copy``, and ``python bench/copy.py`` puts
-# bench/ first on sys.path: move it last, so ``import copy`` (boto3, dataclasses) finds the
-# standard library and ``import common`` still finds bench/common.py.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import common  # noqa: E402
-from common import GIB, MIB  # noqa: E402
-
+import common
+from common import GIB, MIB
 
 
 def glacierfs(*args: object) -> None:
@@ -51,11 +42,11 @@ def listed(path: Path, files: int) -> bool:
 
 
 def side(sim, base: Path, name: str, files: int, size: int, cache: int,  # noqa: ANN001
-         use_copy: bool) -> tuple[float, int]:
+         use_copy: bool, extra: str) -> tuple[float, int]:
     """One side, one round: (seconds, bytes sent by the emulator)."""
     mnt, cache_dir, dest = base / f"mnt-{name}", base / f"cache-{name}", base / f"dest-{name}"
     prepare(sim, name, files, size)
-    with common.mounted(sim, mnt, cache_dir, f"vaults={name},cache_size={cache}"):
+    with common.mounted(sim, mnt, cache_dir, f"vaults={name},cache_size={cache}{extra}"):
         common.wait_for(lambda: listed(mnt / name / "tree", files), 60, "the inventory")
         sim.reset_stats()
         dest.mkdir()
@@ -83,23 +74,24 @@ def main() -> None:
     p.add_argument("--files", type=int, default=32, help="archives in the tree (default 32)")
     p.add_argument("--job-delay", default="2",
                    help="emulated seconds a Standard job takes (default 2)")
+    p.add_argument("--chunk-size", default=None,
+                   help="the mounts' chunk_size (default: glacierfs's); a quarter of --size "
+                        "must hold at least one chunk")
     p.set_defaults(repeat=1)
     args = p.parse_args()
     size = common.parse_size(args.size)
+    extra = f",chunk_size={args.chunk_size}" if args.chunk_size else ""
     common.print_machine()
     results: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
-    with common.workdir(args, "copy") as base:
-        sim = common.start_sim(base, "--delay", f"Standard={args.job_delay}")
-        try:
-            for i in range(args.repeat):
-                order = (True, False) if i % 2 == 0 else (False, True)
-                for use_copy in order:
-                    name = f"{'copy' if use_copy else 'rsync'}{i}"
-                    cache = size // 4 if use_copy else size + 64 * MIB
-                    results[use_copy].append(side(sim, base, name, args.files, size, cache,
-                                                  use_copy))
-        finally:
-            sim.stop()
+    with (common.workdir(args, "copy") as base,
+          common.emulator(base, "--delay", f"Standard={args.job_delay}") as sim):
+        for i in range(args.repeat):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            for use_copy in order:
+                name = f"{'copy' if use_copy else 'rsync'}{i}"
+                cache = size // 4 if use_copy else size + 64 * MIB
+                results[use_copy].append(side(sim, base, name, args.files, size, cache,
+                                              use_copy, extra))
     copy_t = common.median([r[0] for r in results[True]])
     rsync_t = common.median([r[0] for r in results[False]])
     copy_b = common.median([r[1] for r in results[True]])
@@ -117,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)
