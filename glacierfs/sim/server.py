@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from glacierfs.sim import archives, control, ids, jobapi, notifications, vaults
+from glacierfs.sim import archives, control, ids, jobapi, notifications, tags, vaults
 from glacierfs.sim.bandwidth import TokenBucket
 from glacierfs.sim.context import Sim
 from glacierfs.sim.errors import GlacierError
@@ -58,15 +58,15 @@ _ROUTES_SPEC: list[tuple[str, str, str, Callable[..., Response] | None]] = [
     ("GET", r"/{a}/vaults/{v}/jobs", "ListJobs", jobapi.list_jobs),
     ("GET", r"/{a}/vaults/{v}/jobs/{x}", "DescribeJob", jobapi.describe_job),
     ("GET", r"/{a}/vaults/{v}/jobs/{x}/output", "GetJobOutput", jobapi.get_job_output),
-    # Documented operations the emulator does not model: named, counted, answered clearly.
-    ("GET", r"/{a}/vaults/{v}/tags", "ListTagsForVault", None),
-    ("POST", r"/{a}/vaults/{v}/tags", "AddTagsToVault", None),
+    ("GET", r"/{a}/vaults/{v}/tags", "ListTagsForVault", tags.list_tags),
+    ("POST", r"/{a}/vaults/{v}/tags", "AddTagsToVault", tags.post_tags),  # or Remove… (query)
     ("PUT", r"/{a}/vaults/{v}/notification-configuration", "SetVaultNotifications",
      notifications.set_vault_notifications),
     ("GET", r"/{a}/vaults/{v}/notification-configuration", "GetVaultNotifications",
      notifications.get_vault_notifications),
     ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications",
      notifications.delete_vault_notifications),
+    # Documented operations the emulator does not model: named, counted, answered clearly.
     ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy", None),
     ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy", None),
     ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy", None),
@@ -146,6 +146,9 @@ class SimHandler(BaseHTTPRequestHandler):
             else:
                 operation = "Unknown"
                 operation, fn, params = route(self.command, split.path)
+                if operation == "AddTagsToVault":  # POST tags: the query names the operation
+                    operation = tags.POST_OPERATIONS.get(req.query.get("operation") or "add",
+                                                         operation)
                 vault = params[1] if len(params) > 1 else None
                 sim.stats.count(operation)
                 resp = self._glacier(sim, req, operation, fn, params, vault)
