@@ -172,7 +172,7 @@ def notifications_line(notes: dict, now: float) -> str:  # type: ignore[type-arg
         line += f", last {duration(now - notes['last_completion'])} ago"
     others = notes.get("foreign", 0)
     if others:
-        line += f"; {others} for other mounts left in the queue"
+        line += f"; notices of other mounts' jobs left in the queue ({others} receipts)"
     if (notes.get("poll_stretch") or 1) > 1:
         line += f"\n  polling every {notes['poll_stretch']:g}x the default interval while " \
                 "notifications flow"

@@ -75,7 +75,7 @@ def test_status_says_whether_notifications_are_used_and_when_the_last_arrived():
                                "last_message": 880.0, "last_completion": 880.0, "acted": 3,
                                "foreign": 1, "poll_stretch": 4.0}, 1000.0)
     assert QUEUE in text and "2m00s ago" in text and "3 completion(s)" in text
-    assert "4x" in text and "other mounts" in text
+    assert "4x" in text and "other mounts' jobs left in the queue (1 receipts)" in text
     never = notifications_line({"sns_topic": None, "queue_url": QUEUE, "listening": False,
                                 "error": "ConnectionError: refused", "last_message": None},
                                1000.0)
