@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from glacierfs.sim import archives, control, ids, jobapi, notifications, tags, vaults
+from glacierfs.sim import (archives, control, ids, jobapi, notifications, policies, tags,
+                           vaults)
 from glacierfs.sim.bandwidth import TokenBucket
 from glacierfs.sim.context import Sim
 from glacierfs.sim.errors import GlacierError
@@ -66,10 +67,13 @@ _ROUTES_SPEC: list[tuple[str, str, str, Callable[..., Response] | None]] = [
      notifications.get_vault_notifications),
     ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications",
      notifications.delete_vault_notifications),
+    ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy",
+     policies.set_access_policy),
+    ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy",
+     policies.get_access_policy),
+    ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy",
+     policies.delete_access_policy),
     # Documented operations the emulator does not model: named, counted, answered clearly.
-    ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy", None),
-    ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy", None),
-    ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy", None),
     ("POST", r"/{a}/vaults/{v}/lock-policy", "InitiateVaultLock", None),
     ("GET", r"/{a}/vaults/{v}/lock-policy", "GetVaultLock", None),
     ("DELETE", r"/{a}/vaults/{v}/lock-policy", "AbortVaultLock", None),

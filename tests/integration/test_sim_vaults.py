@@ -120,3 +120,23 @@ def test_vault_tags_as_documented(sim, glacier):
     glacier.delete_vault(vaultName="tagged")   # tags go with the vault
     glacier.create_vault(vaultName="tagged")
     assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {}
+
+
+def test_vault_access_policies_are_kept_and_returned(glacier):
+    glacier.create_vault(vaultName="guarded")
+    with pytest.raises(ClientError) as exc:
+        glacier.get_vault_access_policy(vaultName="guarded")
+    assert code(exc) == ("ResourceNotFoundException", 404)
+    policy = ('{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*",'
+              '"Action":"glacier:DeleteArchive","Resource":"*"}]}')
+    glacier.set_vault_access_policy(vaultName="guarded", policy={"Policy": policy})
+    got = glacier.get_vault_access_policy(vaultName="guarded")["policy"]["Policy"]
+    assert got == policy
+    for bad in ("not json", "[1]", "x" * 21000):
+        with pytest.raises(ClientError) as exc:
+            glacier.set_vault_access_policy(vaultName="guarded", policy={"Policy": bad})
+        assert code(exc) == ("InvalidParameterValueException", 400)
+    glacier.delete_vault_access_policy(vaultName="guarded")
+    with pytest.raises(ClientError) as exc:
+        glacier.get_vault_access_policy(vaultName="guarded")
+    assert code(exc) == ("ResourceNotFoundException", 404)
