@@ -43,7 +43,8 @@ def _argument_parser() -> argparse.ArgumentParser:
                "(auto|manual), wait (s), poll (s), max_jobs, budget (bytes/day, 100G), "
                "inventory_refresh (s|off), expedited_fallback, retrieve_ignore (a:b), "
                "retrieve_users (alice:@backup), "
-               "chunk_size (16M), range_size (32M|off), downloads, allow_other, uid, gid, "
+               "chunk_size (16M), range_size (32M|off), downloads, sns_topic (ARN), "
+               "sqs_queue_url (URL), sqs_endpoint_url (URL), allow_other, uid, gid, "
                "umask, debug, log (file). "
                "Generic mount options (dev, suid, _netdev, nofail, x-systemd.*, ro, rw…) are "
                "accepted.")

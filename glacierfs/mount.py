@@ -16,13 +16,14 @@ import pyfuse3
 import trio
 
 from glacierfs import diskfull, notify
-from glacierfs.aws import glacier
+from glacierfs.aws import glacier, sqs
 from glacierfs.fuse import readahead
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.fuse.operations import GlacierOperations
 from glacierfs.catalog.inventories import Inventories
 from glacierfs.jobs.jobstore import JobStore
+from glacierfs.jobs.notices import CompletionListener
 from glacierfs.catalog.namespace import Namespace
 from glacierfs.options import MountOptions
 from glacierfs.jobs.retrieval import Retrieval
@@ -82,10 +83,17 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
     try:
         client = glacier.GlacierClient(glacier.ClientSettings(
             region=opts.region, account_id=opts.account_id, endpoint_url=opts.endpoint_url,
-            profile=opts.profile, max_connections=API_THREADS + 4))
+            profile=opts.profile, max_connections=API_THREADS + 4, sns_topic=opts.sns_topic))
     except glacier.GlacierError as exc:
         raise MountError(f"AWS credentials: {exc}") from None
     aclient = glacier.AsyncGlacier(client, limit=API_THREADS)
+    queue = None
+    if opts.sqs_queue_url:
+        try:
+            queue = sqs.QueueClient(opts.sqs_queue_url, opts.region,
+                                    endpoint_url=opts.sqs_endpoint_url, profile=opts.profile)
+        except sqs.QueueError as exc:
+            raise MountError(f"sqs_queue_url: {exc}") from None
     room = CacheRoom(store, opts.cache_size)
     cache = ChunkCache(opts.state_dir / "chunks", opts.cache_size, evictable=room.evictable)
     mounted = contextlib.ExitStack()
@@ -110,6 +118,12 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
         retrieval.extra_in_flight = selects.in_flight
         async with trio.open_nursery() as nursery:
             inventories = Inventories(ns, aclient, opts, nursery)
+            listener = None
+            if queue is not None:
+                listener = CompletionListener(queue, aclient, [retrieval, inventories, selects],
+                                              sns_topic=opts.sns_topic)
+                retrieval.notices = listener
+                inventories.poll_stretch = listener.poll_stretch
             names = SynologyNames(ns, retrieval, inventories, opts, nursery, mountpoint)
 
             def vault_opened(vault: str) -> None:
@@ -129,6 +143,8 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
                 nursery.start_soon(selects.run)
+                if listener is not None:
+                    nursery.start_soon(listener.run)
                 nursery.start_soon(_stop_on_signals, signals)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:

@@ -47,6 +47,9 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNOREC
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT_RE = re.compile(r"^(-|\d{12})$")
+# arn:PARTITION:sns:REGION:ACCOUNT:TOPIC, as SNS names topics (a FIFO topic cannot take
+# Glacier's notifications, so .fifo is refused too).
+_TOPIC_RE = re.compile(r"^arn:aws(-[a-z]+)*:sns:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:[A-Za-z0-9_-]{1,256}$")
 
 
 LOCAL_POLL = 2.0
@@ -124,6 +127,11 @@ class MountOptions:
     account_id: str = "-"
     endpoint_url: str | None = None
     s3_endpoint_url: str | None = None  # where select results are read (default: AWS's S3)
+    # Job completion notifications: every job started names this SNS topic; the SQS queue
+    # subscribed to it (or to the vault's notification topic) is long-polled for completions.
+    sns_topic: str | None = None
+    sqs_queue_url: str | None = None
+    sqs_endpoint_url: str | None = None  # SQS API endpoint (default: AWS's, by region)
     profile: str | None = None
     vaults: tuple[str, ...] | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -224,6 +232,8 @@ def parse_options(source: str, option_strings: list[str], foreground: bool = Fal
         # A chunk is the unit stored and verified: a cache smaller than one could hold nothing.
         raise OptionError(f"cache_size={opts.cache_size} bytes is smaller than one chunk "
                           f"(chunk_size={opts.chunk_size}); raise cache_size or lower chunk_size")
+    if opts.sqs_endpoint_url and not opts.sqs_queue_url:
+        raise OptionError("sqs_endpoint_url= needs sqs_queue_url= (the queue to listen to)")
     if opts.range_size and opts.range_size % opts.chunk_size:
         # Windows are downloaded in chunks: a window must hold whole chunks to be verified.
         raise OptionError(f"range_size={opts.range_size // 1024 ** 2}M is not a multiple of "
@@ -245,6 +255,21 @@ def _apply(values: dict[str, object], key: str, value: str | None) -> None:
         return
     if key in ("endpoint_url", "profile", "s3_endpoint_url"):
         values[key] = _need(value, key)
+    elif key == "sns_topic":
+        v = _need(value, key)
+        if not _TOPIC_RE.match(v):
+            raise OptionError(f"sns_topic={v}: expected an SNS topic ARN such as "
+                              "arn:aws:sns:us-east-1:123456789012:glacier-jobs")
+        values[key] = v
+    elif key in ("sqs_queue_url", "sqs_endpoint_url"):
+        v = _need(value, key)
+        parts = urllib.parse.urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OptionError(f"{key}={v}: expected an http(s) URL")
+        if key == "sqs_queue_url" and parts.path.strip("/").count("/") != 1:
+            raise OptionError(f"{key}={v}: expected a queue URL such as "
+                              "https://sqs.us-east-1.amazonaws.com/123456789012/glacier-jobs")
+        values[key] = v
     elif key == "account_id":
         v = _need(value, key)
         if not _ACCOUNT_RE.match(v):

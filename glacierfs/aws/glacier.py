@@ -166,6 +166,7 @@ class ClientSettings:
     endpoint_url: str | None = None
     profile: str | None = None
     max_connections: int = 16
+    sns_topic: str | None = None  # named as SNSTopic on every job started (sns_topic=)
 
 
 def _quiet_aws_loggers() -> None:
@@ -238,7 +239,10 @@ class GlacierClient:
 
     def _initiate_job_answer(self, vault: str, params: dict[str, Any]) -> dict[str, Any]:
         """InitiateJob, sent once per refusal at most: a lost answer (Unreachable) is raised,
-        never resent, because the job may have started; the caller looks for it."""
+        never resent, because the job may have started; the caller looks for it. Every job
+        names the mount's SNS topic, if any, so its completion is announced there."""
+        if self.settings.sns_topic:
+            params = {**params, "SNSTopic": self.settings.sns_topic}
         for attempt in range(1, INITIATE_ATTEMPTS + 1):
             try:
                 return self._call("InitiateJob", self._initiate_client.initiate_job,

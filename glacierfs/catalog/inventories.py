@@ -57,6 +57,11 @@ class Inventories:
         self.on_change = on_change
         self._running: set[str] = set()
         self._checked: dict[str, float] = {}
+        # Completion notices (jobs/notices.py): a vault's wait ends at once with the job's
+        # confirmed description.
+        self._waits: dict[str, tuple[str, trio.Event]] = {}   # vault → (job id, wake)
+        self._notified: dict[str, dict[str, Any]] = {}
+        self.poll_stretch: Callable[[], float] = lambda: 1.0
 
     def ensure(self, vault: str) -> None:
         """Called when a vault is listed or looked into: start a fetch or refresh if due."""
@@ -152,15 +157,42 @@ class Inventories:
                              inventory_message=None if chosen["StatusCode"] == "Succeeded" else
                              "an inventory retrieval job is running (Glacier takes hours); "
                              "the directory fills when it completes")
-        interval = self.options.poll_interval or INVENTORY_POLL
         while chosen.get("StatusCode") == "InProgress":
-            await trio.sleep(interval)
-            chosen = await self.client.describe_job(vault, job_id)
+            interval = self.options.poll or \
+                (self.options.poll_interval or INVENTORY_POLL) * self.poll_stretch()
+            wake = trio.Event()
+            self._waits[vault] = (job_id, wake)
+            try:
+                with trio.move_on_after(interval):
+                    await wake.wait()
+            finally:
+                self._waits.pop(vault, None)
+            notified = self._notified.pop(vault, None)
+            chosen = notified if notified is not None else \
+                await self.client.describe_job(vault, job_id)
         if chosen.get("StatusCode") != "Succeeded":
             message = f"inventory job failed: {chosen.get('StatusMessage') or 'unknown reason'}"
             self.ns.update_vault(vault, inventory_status="Failed", inventory_message=message)
             return
         await self._download_and_ingest(vault, job_id)
+
+    # --- completion notices (jobs/notices.py) ---------------------------------------------
+    def notice_state(self, job_id: str) -> tuple[str, bool] | None:
+        """(vault, still awaited) for an inventory job of ours, None for one we do not know."""
+        for vault, (waited, _) in self._waits.items():
+            if waited == job_id:
+                return vault, True
+        for info in self.ns.vaults():
+            if info.inventory_job_id == job_id:
+                return info.name, False
+        return None
+
+    async def job_completed(self, job: dict[str, Any]) -> None:
+        """A completion confirmed by DescribeJob: the vault's wait ends with this answer."""
+        for vault, (waited, wake) in list(self._waits.items()):
+            if waited == job.get("JobId"):
+                self._notified[vault] = job
+                wake.set()
 
     async def _download_and_ingest(self, vault: str, job_id: str) -> None:
         self.ns.update_vault(vault, inventory_status="Ingesting",

@@ -4,9 +4,12 @@ Starts the emulator (in the background, state in ``--data-dir``), fills it once 
 whose archives carry descriptions in every format real uploaders write (mt-aws-glacier,
 FastGlacier, CloudBerry, QNAP, plain paths; folders, non-ASCII names, duplicates), sizes from
 a few bytes to hundreds of MB, a Synology Glacier Backup pair (a data vault and its
-``_mapping`` vault holding the SQLite names database), and a CSV archive to query with ``glacierfs select``; runs a local
-S3 endpoint (moto's S3 server, in the emulator's process) for the select results; then mounts
-it and prints what to try. Running it again reuses what is there.
+``_mapping`` vault holding the SQLite names database), and a CSV archive to query with
+``glacierfs select``; runs a local S3 endpoint (moto's server, in the emulator's process) for
+the select results, which also serves SNS and SQS: the emulator publishes job completions to a
+topic there, a queue subscribed to it is what the mount listens to, so a restore is cached as
+soon as its job is done; then mounts it and prints what to try. Running it again reuses what is
+there.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ DEMO_BUCKET = "glacierfs-demo"  # select results go there, in the emulator's loc
 CSV_PATH = "reports/sales-2023.csv"
 CSV_VAULT = "documents"
 PID_FILE = "emulator.pid"
+DEMO_TOPIC = "glacierfs-demo"   # job completions: SNS topic and SQS queue in the local moto
+NOTIFIED_POLL = 60              # with notifications, polling is only the safety net
 INVENTORY_WAIT = 60.0   # seconds; the emulator's inventory jobs take a few
 
 
@@ -170,6 +175,27 @@ def prepare_s3(s3_url: str) -> bool:
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
     return True
+
+
+def prepare_notifications(s3_url: str) -> tuple[str, str] | None:
+    """The topic the emulator publishes job completions to, and the queue subscribed to it
+    that the mount listens to (both in the local moto server); None if that fails."""
+    import boto3
+    kwargs = {"region_name": "us-east-1", "endpoint_url": s3_url,
+              "aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
+    try:
+        sns, sqs = boto3.client("sns", **kwargs), boto3.client("sqs", **kwargs)
+        topic = sns.create_topic(Name=DEMO_TOPIC)["TopicArn"]
+        queue = sqs.create_queue(QueueName=DEMO_TOPIC)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue,
+                                       AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        subscribed = sns.list_subscriptions_by_topic(TopicArn=topic).get("Subscriptions", [])
+        if not any(s.get("Endpoint") == arn for s in subscribed):
+            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    except Exception as exc:  # noqa: BLE001 — the demo goes on with polling alone
+        print(f"job notifications not set up ({exc}); the mount polls instead")
+        return None
+    return topic, queue
 
 
 def _last_line(path: str) -> str:
@@ -322,7 +348,8 @@ def _dead_mount(mountpoint: Path) -> bool:
     return False
 
 
-def mount(url: str, mountpoint: Path, data_dir: Path, s3_url: str | None = None) -> None:
+def mount(url: str, mountpoint: Path, data_dir: Path, s3_url: str | None = None,
+          notices: tuple[str, str] | None = None) -> None:
     if _dead_mount(mountpoint):
         print(f"{mountpoint}: clearing a dead mount left by a crash (fusermount3 -u)")
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
@@ -332,9 +359,12 @@ def mount(url: str, mountpoint: Path, data_dir: Path, s3_url: str | None = None)
     mountpoint.mkdir(parents=True, exist_ok=True)
     own = Path(sys.executable).with_name("glacierfs")   # this install, not another on PATH
     exe = str(own) if own.exists() else (shutil.which("glacierfs") or sys.argv[0])
-    opts = f"endpoint_url={url},cache_dir={data_dir}/cache,poll=2,inventory_refresh=off"
+    poll = NOTIFIED_POLL if notices and s3_url else 2
+    opts = f"endpoint_url={url},cache_dir={data_dir}/cache,poll={poll},inventory_refresh=off"
     if s3_url:
         opts += f",s3_endpoint_url={s3_url}"
+        if notices:
+            opts += f",sns_topic={notices[0]},sqs_queue_url={notices[1]},sqs_endpoint_url={s3_url}"
     cmd = [exe, "us-east-1", str(mountpoint), "-o", opts]
     print("mounting:", " ".join(cmd))
     result = subprocess.run(cmd)
@@ -392,8 +422,9 @@ def main(argv: list[str]) -> int:
               "will not work (pip install 'glacierfs[demo]')")
     url = start_emulator(data_dir, args.port, s3_port if has_moto else None)
     select_ok = has_moto and prepare_s3(s3_url)
+    notices = prepare_notifications(s3_url) if select_ok else None
     seed(url, data_dir)
-    mount(url, mnt, data_dir, s3_url if select_ok else None)
+    mount(url, mnt, data_dir, s3_url if select_ok else None, notices)
     wait_for_inventories(mnt)
     print(f"""
 glacierfs demo is mounted on {mnt}: a Glacier account served by a local emulator, where a
@@ -406,6 +437,7 @@ Standard retrieval takes 20 seconds instead of hours. Try:
   getfattr -d -m user.glacier {mnt}/documents/hello.txt
   cat {mnt}/documents/hello.txt     # starts a retrieval: "Object is remote"
   glacierfs status {mnt}            # jobs, downloads, cache; cat again after ~20 s
+                                    # (the completion arrives through SNS and SQS at once)
   glacierfs restore -r {mnt}/photos && glacierfs wait -r {mnt}/photos && rsync -a {mnt}/photos/ /tmp/photos/
   glacierfs select {mnt}/{CSV_VAULT}/{CSV_PATH} --header use --tier Expedited --wait \\
       --query "SELECT s.order_id, s.customer, s.total FROM archive s WHERE s.country = 'FR' AND s.total > 1000" \\

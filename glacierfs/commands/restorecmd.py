@@ -150,6 +150,7 @@ def render_status(mountpoint: str, doc: dict) -> str:  # type: ignore[type-arg]
                     else "unlimited")
                  + (f", retrieve_users {', '.join(lim['retrieve_users'])}"
                     if lim.get("retrieve_users") else ""))
+    lines.append(notifications_line(doc.get("notifications") or {}, now))
     return "\n".join(lines)
 
 
@@ -172,6 +173,35 @@ def requester_label(who: dict | None) -> str:  # type: ignore[type-arg]
         return "(requester unknown: started elsewhere)"
     name = who.get("user") or f"uid {who['uid']}"
     return f"by {name} ({who['command']})" if who.get("command") else f"by {name}"
+
+
+def notifications_line(notes: dict, now: float) -> str:  # type: ignore[type-arg]
+    """Whether job completions arrive through SNS/SQS, and when the last one did."""
+    topic = notes.get("sns_topic")
+    if not notes.get("queue_url"):
+        if topic:
+            return (f"Notifications: jobs notify {topic}; no queue is read by this mount "
+                    "(sqs_queue_url=): completions are found by polling")
+        return "Notifications: off (completions are found by polling)"
+    line = f"Notifications: queue {notes['queue_url']}"
+    if topic:
+        line += f" (jobs notify {topic})"
+    if notes.get("error"):
+        line += f"\n  the queue cannot be read: {notes['error']}; polling carries on"
+    elif not notes.get("listening"):
+        line += "\n  not answering yet; polling carries on"
+    last = notes.get("last_message")
+    line += "\n  last message " + (f"{duration(now - last)} ago" if last else "never") + \
+        f"; {notes.get('acted', 0)} completion(s) acted on"
+    if notes.get("last_completion"):
+        line += f", last {duration(now - notes['last_completion'])} ago"
+    others = notes.get("foreign", 0)
+    if others:
+        line += f"; notices of other mounts' jobs left in the queue ({others} receipts)"
+    if (notes.get("poll_stretch") or 1) > 1:
+        line += f"\n  polling every {notes['poll_stretch']:g}x the default interval while " \
+                "notifications flow"
+    return line
 
 
 def ranges_line(r: dict) -> str:  # type: ignore[type-arg]

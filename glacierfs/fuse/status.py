@@ -126,6 +126,8 @@ def status_document(ns: Namespace, retrieval: Retrieval, options: MountOptions,
                    "jobs": _select_jobs(ns, selects, max_jobs)},
         "downloads": dict(retrieval.downloader.stats),
         "api_calls": dict(retrieval.client.client.calls),
+        "notifications": (retrieval.notices.status() if retrieval.notices is not None
+                          else {"sns_topic": options.sns_topic, "queue_url": None}),
     }
 
 

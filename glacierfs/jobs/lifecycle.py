@@ -60,6 +60,7 @@ class Lifecycle(DownloadOutcome):
     downloader: Downloader
     unreachable_until: float
     extra_in_flight: Callable[[], int]     # other paid jobs counted against max_jobs (select)
+    notices: Any                           # the CompletionListener (notices.py), or None
     _archive_locks: dict[str, trio.Lock]
     _layouts: dict[tuple[str, int], ArchiveLayout]
     _vault_locks: dict[str, trio.Lock]
@@ -111,7 +112,11 @@ class Lifecycle(DownloadOutcome):
         self._queue_wake.set()
 
     def _interval(self, tier: str) -> float:
-        return self.options.poll_interval or POLL_INTERVAL.get(tier, 900.0)
+        """``poll`` if given; else the default, stretched while completion notices flow."""
+        if self.options.poll:
+            return self.options.poll
+        stretch = self.notices.poll_stretch() if self.notices is not None else 1.0
+        return (self.options.poll_interval or POLL_INTERVAL.get(tier, 900.0)) * stretch
 
     def _first_poll_delay(self, tier: str) -> float:
         return self.options.poll_interval or EARLIEST_DONE.get(tier, 3600.0)

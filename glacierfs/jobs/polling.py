@@ -90,27 +90,51 @@ class Polling(Lifecycle):
             if job is None:
                 await self._job_missing(rec)
                 continue
-            status = job.get("StatusCode")
-            if status == "Succeeded":
-                rec.state = SUCCEEDED
-                rec.completion_date = job.get("CompletionDate")
-                rec.status_message = job.get("StatusMessage")
-                if rec.ranged:  # the range's own tree hash: its chunks must fold to it
-                    rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
-                self._save(rec)
-                log.info("job %s for archive %s succeeded", rec.job_id[:16], rec.archive_id[:16])
-                entry = self.entries.file_by_archive(rec.archive_id)
-                if entry is not None:
-                    self._schedule_download(rec, self.layout(entry))
-                self._signal(rec.archive_id)
-                self._queue_wake.set()
-            elif status == "Failed":
-                rec.completion_date = job.get("CompletionDate")
-                self._fail(rec, f"Glacier: {job.get('StatusMessage') or 'job failed'}")
-                self._queue_wake.set()
-            else:
-                rec.next_poll = now + self._interval(rec.tier)
-                self._save(rec)
+            self._apply_status(rec, job, now)
+
+    def _apply_status(self, rec: JobRecord, job: dict[str, Any], now: float) -> None:
+        """What Glacier says of an InProgress job of ours (a ListJobs entry, or DescribeJob
+        after a completion notice): download it, fail it, or look again later."""
+        assert rec.job_id
+        status = job.get("StatusCode")
+        if status == "Succeeded":
+            rec.state = SUCCEEDED
+            rec.completion_date = job.get("CompletionDate")
+            rec.status_message = job.get("StatusMessage")
+            if rec.ranged:  # the range's own tree hash: its chunks must fold to it
+                rec.tree_hash = job.get("SHA256TreeHash") or rec.tree_hash
+            self._save(rec)
+            log.info("job %s for archive %s succeeded", rec.job_id[:16], rec.archive_id[:16])
+            entry = self.entries.file_by_archive(rec.archive_id)
+            if entry is not None:
+                self._schedule_download(rec, self.layout(entry))
+            self._signal(rec.archive_id)
+            self._queue_wake.set()
+        elif status == "Failed":
+            rec.completion_date = job.get("CompletionDate")
+            self._fail(rec, f"Glacier: {job.get('StatusMessage') or 'job failed'}")
+            self._queue_wake.set()
+        else:
+            rec.next_poll = now + self._interval(rec.tier)
+            self._save(rec)
+
+    # --- completion notices (jobs/notices.py) ---------------------------------------------
+    def notice_state(self, job_id: str) -> tuple[str, bool] | None:
+        """(vault, still awaited) for a job of ours, None for a job we do not know."""
+        known = None
+        for rec in self.records.values():
+            if rec.job_id == job_id:
+                if rec.state == IN_PROGRESS:
+                    return rec.vault, True
+                known = (rec.vault, False)
+        return known
+
+    async def job_completed(self, job: dict[str, Any]) -> None:
+        """A completion confirmed by DescribeJob: acted on as a polling round would."""
+        now = time.time()
+        for rec in [r for r in self.records.values()
+                    if r.job_id == job.get("JobId") and r.state == IN_PROGRESS]:
+            self._apply_status(rec, job, now)
 
     async def _job_missing(self, rec: JobRecord) -> None:
         """Our job is not in ListJobs: if Glacier no longer knows it (its output expired while

@@ -125,6 +125,7 @@ class Retrieval(Polling, StartQueue):
         self.unreachable_until = 0.0
         # Other paid jobs in flight that count against max_jobs (select jobs: selectjobs.py).
         self.extra_in_flight: Callable[[], int] = lambda: 0
+        self.notices = None  # completion notices through SQS (notices.py), set by the mount
 
     def record(self, archive_id: str) -> JobRecord | None:
         """The archive's job record; while its request still waits for Glacier's first answer

@@ -27,7 +27,6 @@ import trio
 
 from glacierfs.aws import glacier
 from glacierfs.diskfull import LOCAL_ERRORS
-from glacierfs.jobs import lifecycle   # polling intervals by tier, as for retrievals
 from glacierfs.jobs import spenders
 from glacierfs.jobs.jobstore import FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED
 from glacierfs.jobs.selectspec import SELECT_JOBS_XATTR, SelectRequest, job_key
@@ -346,25 +345,43 @@ class SelectJobs:
             if job is None:
                 self._fail(rec, "Glacier no longer lists this select job")
                 continue
-            status = job.get("StatusCode")
-            if status == SUCCEEDED:
-                rec.state = SUCCEEDED
-                rec.completion_date = job.get("CompletionDate")
-                rec.status_message = job.get("StatusMessage")
-                rec.output_path = job.get("JobOutputPath") or rec.output_path
-                self._save(rec)
-                log.info("select job %s succeeded", (rec.job_id or "")[:16])
-                self._wake.set()
-            elif status == FAILED:
-                rec.completion_date = job.get("CompletionDate")
-                self._fail(rec, job.get("StatusMessage") or "the select job failed")
-                self._wake.set()
-            else:
-                rec.next_poll = now + self._interval(rec.tier)
-                self._save(rec)
+            self._apply_status(rec, job, now)
+
+    def _apply_status(self, rec: SelectRecord, job: dict[str, Any], now: float) -> None:
+        status = job.get("StatusCode")
+        if status == SUCCEEDED:
+            rec.state = SUCCEEDED
+            rec.completion_date = job.get("CompletionDate")
+            rec.status_message = job.get("StatusMessage")
+            rec.output_path = job.get("JobOutputPath") or rec.output_path
+            self._save(rec)
+            log.info("select job %s succeeded", (rec.job_id or "")[:16])
+            self._wake.set()
+        elif status == FAILED:
+            rec.completion_date = job.get("CompletionDate")
+            self._fail(rec, job.get("StatusMessage") or "the select job failed")
+            self._wake.set()
+        else:
+            rec.next_poll = now + self._interval(rec.tier)
+            self._save(rec)
+
+    # --- completion notices (jobs/notices.py) ---------------------------------------------
+    def notice_state(self, job_id: str) -> tuple[str, bool] | None:
+        """(vault, still awaited) for a select job of ours, None for one we do not know."""
+        for rec in self.records.values():
+            if rec.job_id == job_id:
+                return rec.vault, rec.state == IN_PROGRESS
+        return None
+
+    async def job_completed(self, job: dict[str, Any]) -> None:
+        """A completion confirmed by DescribeJob: acted on as a polling round would."""
+        now = time.time()
+        for rec in [r for r in self.records.values()
+                    if r.job_id == job.get("JobId") and r.state == IN_PROGRESS]:
+            self._apply_status(rec, job, now)
 
     def _interval(self, tier: str) -> float:
-        return self.options.poll_interval or lifecycle.POLL_INTERVAL.get(tier, lifecycle.POLL_INTERVAL["Standard"])
+        return self.retrieval._interval(tier)  # the same, stretched while notices flow
 
     def _save(self, rec: SelectRecord) -> bool:
         self.records[rec.key] = rec

@@ -4,12 +4,20 @@ Bodies stream to disk while their SHA-256 and tree hash are computed; the client
 ``x-amz-content-sha256`` and ``x-amz-sha256-tree-hash`` are checked against them before anything
 becomes visible. A multipart upload is one file written at each part's offset, plus its leaf
 digests; completing it checks the folded part hashes and renames both into place.
+
+Completing is idempotent, as documented: the same upload completed again with the same size and
+tree hash within ``COMPLETE_REPLAY_WINDOW`` of its first success answers 201 with the same
+archive id (so a client whose first answer was lost, and which retries, learns the archive it
+created instead of a 404 while the vault holds it). Anything else about a completed upload
+answers 404 as before.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -23,12 +31,19 @@ from glacierfs.sim.messages import Request, Response, empty, json_response
 from glacierfs.sim.store import Row, archive_key
 from glacierfs.treehash import MIB, fold_hex, is_power_of_two
 
+log = logging.getLogger(__name__)
+
 MAX_SINGLE_UPLOAD = 4 * 1024 * MIB  # Glacier: up to 4 GiB in one UploadArchive
 MAX_PART_SIZE = 4 * 1024 * MIB  # part sizes: 1 MiB x 2^n up to 4 GiB
 MAX_PARTS = 10_000
 LIST_DEFAULT, LIST_MAX = 50, 50  # ListParts / ListMultipartUploads page sizes
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# How long (emulated seconds) a repeated CompleteMultipartUpload returns the same archive id:
+# Glacier says "within a short period"; retries come within seconds, an hour leaves room.
+COMPLETE_REPLAY_WINDOW = 3600.0
+# Completions are serialised: two racing completions of one upload must not make two archives.
+_COMPLETE_LOCK = threading.Lock()
 
 
 def _body_length(req: Request) -> int:
@@ -203,10 +218,30 @@ def upload_part(sim: Sim, req: Request, account: str, vault: str, upload_id: str
 
 def complete_multipart(sim: Sim, req: Request, account: str, vault: str,
                        upload_id: str) -> Response:
+    with _COMPLETE_LOCK:
+        return _complete_multipart(sim, req, vault, upload_id)
+
+
+def _replayed(sim: Sim, vault_row: Row, upload_id: str, size: int,
+              tree_hash: str) -> str | None:
+    """The archive id of this upload's recent completion with the same size and tree hash."""
+    row = sim.store.one("SELECT * FROM completed_uploads WHERE upload_id = ? AND vault_id = ?",
+                        (upload_id, vault_row["id"]))
+    if row is None or sim.clock.now() - row["completed"] > COMPLETE_REPLAY_WINDOW:
+        return None
+    if row["size"] != size or row["tree_hash"] != tree_hash.lower():
+        return None
+    return row["archive_id"]
+
+
+def _complete_multipart(sim: Sim, req: Request, vault: str, upload_id: str) -> Response:
     vault_row = sim.vault(vault)
-    upload = _upload(sim, vault_row, upload_id)
+    pending = sim.store.one("SELECT * FROM uploads WHERE upload_id = ? AND vault_id = ?",
+                            (upload_id, vault_row["id"]))
     raw_size = req.header("x-amz-archive-size")
     tree_header = req.header("x-amz-sha256-tree-hash")
+    if pending is None and not (raw_size and tree_header and raw_size.isdigit()):
+        raise not_found(f"Multipart upload not found for upload ID: {upload_id}")
     if not raw_size:
         raise missing("Required header x-amz-archive-size is missing")
     if not tree_header:
@@ -215,6 +250,13 @@ def complete_multipart(sim: Sim, req: Request, account: str, vault: str,
         size = int(raw_size)
     except ValueError:
         raise invalid(f"Invalid archive size: {raw_size}") from None
+    if pending is None:
+        archive_id = _replayed(sim, vault_row, upload_id, size, tree_header)
+        if archive_id is None:
+            raise not_found(f"Multipart upload not found for upload ID: {upload_id}")
+        log.info("upload %s… completed again: same archive %s…", upload_id[:12], archive_id[:12])
+        return empty(201, _archive_headers(sim, vault, archive_id, tree_header.lower()))
+    upload = pending
     parts = sim.store.all("SELECT * FROM parts WHERE upload_id = ? ORDER BY start", (upload_id,))
     if not parts:
         raise invalid("No parts were uploaded for this multipart upload")
@@ -237,9 +279,15 @@ def complete_multipart(sim: Sim, req: Request, account: str, vault: str,
     os.truncate(leaves_path_for(path), 32 * -(-size // MIB))
     archive_id = _publish(sim, vault_row, path, leaves_path_for(path), upload["description"],
                           size, computed)
+    now = sim.clock.now()
     with sim.store.transaction() as db:
         db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
         db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+        db.execute("DELETE FROM completed_uploads WHERE completed < ?",
+                   (now - COMPLETE_REPLAY_WINDOW,))
+        db.execute("INSERT OR REPLACE INTO completed_uploads (upload_id, vault_id, size, "
+                   "tree_hash, archive_id, completed) VALUES (?, ?, ?, ?, ?, ?)",
+                   (upload_id, vault_row["id"], size, computed, archive_id, now))
     return empty(201, _archive_headers(sim, vault, archive_id, computed))
 
 

@@ -32,6 +32,20 @@ credentials). State (vaults, archives, uploads, jobs) persists in --data-dir.
 Jobs finish after a per-tier delay of emulated time. A control endpoint under /_sim/ on the same
 port lets tests read request counts, inject faults, change delays, finish/fail/expire jobs, move
 the emulated clock and synthesize archives (see glacierfs/sim/control.py).
+
+Job notifications: InitiateJob accepts SNSTopic (an SNS topic ARN) for every job type and
+Set/Get/DeleteVaultNotifications configure a vault's topic for the ArchiveRetrievalCompleted and
+InventoryRetrievalCompleted events. When a job completes (Succeeded or Failed) the emulator
+publishes the job's DescribeJob JSON, as Glacier does, to the job's topic and to the vault's
+topic for a matching event (both if both are set), through the SNS API at --sns-endpoint (e.g.
+moto's server, which also serves SQS: subscribe a queue to the topic to receive them). Each
+completion is published once, at its due time (a watcher completes due jobs even when nobody
+asks about them). Without --sns-endpoint topics are validated and shown but nothing is sent. A
+publish SNS refuses (no such topic) is logged and dropped, as Glacier does not check the topic.
+Select jobs notify their own topic only (the vault events are the two retrieval kinds).
+
+CompleteMultipartUpload is idempotent as documented: repeated with the same size and tree hash
+within an hour of its success, it answers 201 with the same archive id.
 """
 
 EPILOG = """\
@@ -150,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run a local S3 endpoint (moto's S3 server, needs moto[server]) in "
                         "this process on 127.0.0.1:PORT (0: a free port) and write select "
                         "output there; what glacierfs demo uses")
+    p.add_argument("--sns-endpoint", default=None, metavar="URL",
+                   help="SNS endpoint (SNS API, e.g. moto's server) where job completion "
+                        "notifications are published (see above); with --local-s3 and no "
+                        "--sns-endpoint, that local server (moto serves SNS and SQS too)")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--verbose", action="store_true", help="log every HTTP exchange")
     return p
@@ -189,9 +207,13 @@ def main(argv: list[str]) -> int:
             store.close()
             return 2
         args.s3_endpoint = args.s3_endpoint or local_s3.url
+        args.sns_endpoint = args.sns_endpoint or local_s3.url
         log.info("local S3 (moto) at %s", local_s3.url)
-    sim = Sim.open(store, config, seed=args.seed, s3_endpoint=args.s3_endpoint)
-    if args.s3_endpoint:
+    sim = Sim.open(store, config, seed=args.seed, s3_endpoint=args.s3_endpoint,
+                   sns_endpoint=args.sns_endpoint)
+    if args.sns_endpoint:
+        sim.jobs.watch()  # every due job completes (and notifies) on time
+    elif args.s3_endpoint:
         sim.select.watch(sim.jobs)
     for rule in args.fault:
         sim.faults.append(rule)
@@ -220,6 +242,8 @@ def main(argv: list[str]) -> int:
     finally:
         server.server_close()
         sim.select.stop()
+        sim.jobs.stop()
+        sim.notifier.stop()
         if local_s3 is not None:
             local_s3.stop()
         store.close()

@@ -9,6 +9,7 @@ from glacierfs.sim.config import SimConfig
 from glacierfs.sim.errors import access_denied, invalid, not_found
 from glacierfs.sim.faults import FaultInjector
 from glacierfs.sim.jobs import Jobs
+from glacierfs.sim.notifications import Notifier
 from glacierfs.sim.select.service import SelectService
 from glacierfs.sim.stats import Stats
 from glacierfs.sim.store import Row, Store
@@ -25,16 +26,19 @@ class Sim:
     faults: FaultInjector
     stats: Stats
     select: SelectService
+    notifier: Notifier
 
     @classmethod
     def open(cls, store: Store, config: SimConfig, seed: int | None = None,
-             s3_endpoint: str | None = None) -> Sim:
+             s3_endpoint: str | None = None, sns_endpoint: str | None = None) -> Sim:
         offset = float(store.get_meta(CLOCK_OFFSET_KEY, "0") or 0)
         clock = Clock(offset, on_change=lambda off: store.set_meta(CLOCK_OFFSET_KEY, repr(off)))
         jobs = Jobs(store, config, clock)
         jobs.select = SelectService(store, config.region, s3_endpoint)
+        jobs.notifier = Notifier(store, sns_endpoint)
         return cls(store=store, config=config, clock=clock, jobs=jobs,
-                   faults=FaultInjector(seed), stats=Stats(), select=jobs.select)
+                   faults=FaultInjector(seed), stats=Stats(), select=jobs.select,
+                   notifier=jobs.notifier)
 
     def check_account(self, account_id: str) -> None:
         """``-`` means the caller's account; any other id must be ours, as in Glacier."""

@@ -35,7 +35,7 @@ def _object(req: Request, required: bool = True) -> dict:
 
 
 def stats(sim: Sim, req: Request) -> Response:
-    return json_response(200, sim.stats.snapshot())
+    return json_response(200, {**sim.stats.snapshot(), "notifications": sim.notifier.stats()})
 
 
 def stats_reset(sim: Sim, req: Request) -> Response:

@@ -16,6 +16,7 @@ from glacierfs.sim.inventory import daily_snapshot, decode_marker
 from glacierfs.sim.jobs import (ARCHIVE_RETRIEVAL, IN_PROGRESS, IN_PROGRESS_MESSAGE,
                                 INVENTORY_RETRIEVAL, job_file, parse_limit)
 from glacierfs.sim.messages import Request, Response, empty, json_response
+from glacierfs.sim.notifications import check_topic
 from glacierfs.sim.select.service import SELECT, validate_tier
 from glacierfs.sim.store import Row
 from glacierfs.treehash import is_mib_aligned_range, is_tree_hash_aligned
@@ -46,7 +47,9 @@ def initiate_job(sim: Sim, req: Request, account: str, vault: str) -> Response:
     if not kind:
         raise missing("Required parameter Type is missing")
     description = check_description(_str(params, "Description"), "job description") or None
-    sns = _str(params, "SNSTopic")
+    sns = _str(params, "SNSTopic") or None
+    if sns is not None:
+        check_topic(sns)
     prepared = None
     if kind == "select":
         fields, prepared = _select_job(sim, vault, vault_row, params)

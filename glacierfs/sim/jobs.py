@@ -1,11 +1,16 @@
 """Job lifecycle, evaluated lazily.
 
-There is no timer thread: every request that looks at a job first brings it up to date with the
-emulated clock. A job is due at ``created + delay(tier)`` (delays can change while it runs) or at
+Every request that looks at a job first brings it up to date with the emulated clock (and,
+with select output or notifications to deliver, a watcher thread does too, so they happen on
+time). A job is due at ``created + delay(tier)`` (delays can change while it runs) or at
 the moment a test forced it; the first request after that freezes its completion date, renders its
 output if it is an inventory, and stores the result. Output expires ``job_ttl`` after completion;
 an expired job vanishes from ListJobs and DescribeJob and its output answers 404, as Glacier
 forgets finished jobs.
+
+Completion happens once per job, under the job's lock, whoever notices it first (a request, the
+watcher, a forced completion or failure); that is where the completion notification is sent, so
+it goes out exactly once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from glacierfs.sim.bodies import Body, leaves_path_for
 from glacierfs.sim.clock import Clock, iso, parse_iso
 from glacierfs.sim.config import INVENTORY, SimConfig
 from glacierfs.sim.errors import invalid, not_found
+from glacierfs.sim.notifications import Notifier
 from glacierfs.sim.select.service import SELECT, SelectService
 from glacierfs.sim.store import Row, Store
 
@@ -29,6 +35,8 @@ ARCHIVE_RETRIEVAL = "ArchiveRetrieval"
 INVENTORY_RETRIEVAL = "InventoryRetrieval"
 IN_PROGRESS, SUCCEEDED, FAILED = "InProgress", "Succeeded", "Failed"
 IN_PROGRESS_MESSAGE = "Operation in progress."
+# How often the watcher (``watch``) looks for jobs that are due.
+WATCH_INTERVAL = 0.5
 
 
 class Jobs:
@@ -39,6 +47,8 @@ class Jobs:
         self.config = config
         self.clock = clock
         self.select: SelectService | None = None  # set by Sim.open
+        self.notifier: Notifier | None = None  # set by Sim.open
+        self._stop = threading.Event()
         self._render_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -93,9 +103,40 @@ class Jobs:
                 fields.update(status=SUCCEEDED, status_message=SUCCEEDED)
             self._update(current["job_id"], fields)
             log.info("job %s… %s at %s", current["job_id"][:12], fields.get("status"), iso(when))
+            self._announce(current["job_id"])
         with self._locks_guard:
             self._render_locks.pop(job["job_id"], None)
         return self.get_by_id(job["job_id"])  # type: ignore[return-value]
+
+    def _announce(self, job_id: str) -> None:
+        """Publish a just-completed job's description (called once per completion)."""
+        if self.notifier is None:
+            return
+        job = self.get_by_id(job_id)
+        if job is not None:
+            try:
+                self.notifier.completed(job, self.describe(job))
+            except Exception:  # a notification problem must not undo or block a completion
+                log.exception("job %s…: notification failed", job_id[:12])
+
+    def watch(self, interval: float = WATCH_INTERVAL) -> threading.Thread:
+        """Complete due jobs in the background, so their notifications go out on time even when
+        no client asks about them."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    now = self.clock.now()
+                    for job in self.store.all("SELECT * FROM jobs WHERE completed IS NULL"):
+                        if self.due(job) <= now:
+                            self.refresh(job)
+                except Exception:  # one bad round must not end the watcher
+                    log.exception("job watcher round failed")
+        thread = threading.Thread(target=loop, name="job-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _render_inventory(self, job: Row, when: float) -> dict[str, object]:
         vault = self.store.one("SELECT * FROM vaults WHERE id = ?", (job["vault_id"],))
@@ -236,12 +277,19 @@ class Jobs:
         return done
 
     def force_fail(self, job_id: str, message: str) -> None:
-        job = self._existing(job_id)
+        self._existing(job_id)
         fields: dict[str, object] = {"status": FAILED, "status_message": message,
                                      "fail_message": message}
-        if job["completed"] is None:
-            fields["completed"] = self.clock.now()
-        self._update(job_id, fields)
+        with self._lock_for(job_id):
+            job = self._existing(job_id)
+            completing = job["completed"] is None
+            if completing:
+                fields["completed"] = self.clock.now()
+            self._update(job_id, fields)
+            if completing:
+                self._announce(job_id)
+        with self._locks_guard:
+            self._render_locks.pop(job_id, None)
 
     def force_expire(self, job_id: str) -> None:
         self._existing(job_id)

@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from glacierfs.sim import archives, control, ids, jobapi, vaults
+from glacierfs.sim import (archives, control, ids, jobapi, notifications, policies, tags,
+                           vaults)
 from glacierfs.sim.bandwidth import TokenBucket
 from glacierfs.sim.context import Sim
 from glacierfs.sim.errors import GlacierError
@@ -58,15 +59,21 @@ _ROUTES_SPEC: list[tuple[str, str, str, Callable[..., Response] | None]] = [
     ("GET", r"/{a}/vaults/{v}/jobs", "ListJobs", jobapi.list_jobs),
     ("GET", r"/{a}/vaults/{v}/jobs/{x}", "DescribeJob", jobapi.describe_job),
     ("GET", r"/{a}/vaults/{v}/jobs/{x}/output", "GetJobOutput", jobapi.get_job_output),
+    ("GET", r"/{a}/vaults/{v}/tags", "ListTagsForVault", tags.list_tags),
+    ("POST", r"/{a}/vaults/{v}/tags", "AddTagsToVault", tags.post_tags),  # or Remove… (query)
+    ("PUT", r"/{a}/vaults/{v}/notification-configuration", "SetVaultNotifications",
+     notifications.set_vault_notifications),
+    ("GET", r"/{a}/vaults/{v}/notification-configuration", "GetVaultNotifications",
+     notifications.get_vault_notifications),
+    ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications",
+     notifications.delete_vault_notifications),
+    ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy",
+     policies.set_access_policy),
+    ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy",
+     policies.get_access_policy),
+    ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy",
+     policies.delete_access_policy),
     # Documented operations the emulator does not model: named, counted, answered clearly.
-    ("GET", r"/{a}/vaults/{v}/tags", "ListTagsForVault", None),
-    ("POST", r"/{a}/vaults/{v}/tags", "AddTagsToVault", None),
-    ("PUT", r"/{a}/vaults/{v}/notification-configuration", "SetVaultNotifications", None),
-    ("GET", r"/{a}/vaults/{v}/notification-configuration", "GetVaultNotifications", None),
-    ("DELETE", r"/{a}/vaults/{v}/notification-configuration", "DeleteVaultNotifications", None),
-    ("PUT", r"/{a}/vaults/{v}/access-policy", "SetVaultAccessPolicy", None),
-    ("GET", r"/{a}/vaults/{v}/access-policy", "GetVaultAccessPolicy", None),
-    ("DELETE", r"/{a}/vaults/{v}/access-policy", "DeleteVaultAccessPolicy", None),
     ("POST", r"/{a}/vaults/{v}/lock-policy", "InitiateVaultLock", None),
     ("GET", r"/{a}/vaults/{v}/lock-policy", "GetVaultLock", None),
     ("DELETE", r"/{a}/vaults/{v}/lock-policy", "AbortVaultLock", None),
@@ -143,6 +150,9 @@ class SimHandler(BaseHTTPRequestHandler):
             else:
                 operation = "Unknown"
                 operation, fn, params = route(self.command, split.path)
+                if operation == "AddTagsToVault":  # POST tags: the query names the operation
+                    operation = tags.POST_OPERATIONS.get(req.query.get("operation") or "add",
+                                                         operation)
                 vault = params[1] if len(params) > 1 else None
                 sim.stats.count(operation)
                 resp = self._glacier(sim, req, operation, fn, params, vault)

@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
     tree_hash TEXT NOT NULL, PRIMARY KEY (upload_id, start));
+CREATE TABLE IF NOT EXISTS vault_policies (vault_id INTEGER PRIMARY KEY, policy TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vault_tags (
+    vault_id INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (vault_id, key));
+CREATE TABLE IF NOT EXISTS completed_uploads (
+    upload_id TEXT PRIMARY KEY, vault_id INTEGER NOT NULL, size INTEGER NOT NULL,
+    tree_hash TEXT NOT NULL, archive_id TEXT NOT NULL, completed REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY, vault_id INTEGER NOT NULL, job_id TEXT UNIQUE NOT NULL,
     action TEXT NOT NULL, archive_id TEXT, archive_size INTEGER, archive_tree_hash TEXT,

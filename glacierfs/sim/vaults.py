@@ -98,7 +98,8 @@ def delete_vault(sim: Sim, req: Request, account: str, vault: str) -> Response:
     with sim.store.transaction() as db:
         db.execute("DELETE FROM parts WHERE upload_id IN "
                    "(SELECT upload_id FROM uploads WHERE vault_id = ?)", (row["id"],))
-        for table in ("archives", "jobs", "uploads", "changes"):
+        for table in ("archives", "jobs", "uploads", "changes", "vault_notifications",
+                      "completed_uploads", "vault_tags", "vault_policies"):
             db.execute(f"DELETE FROM {table} WHERE vault_id = ?", (row["id"],))
         db.execute("DELETE FROM vaults WHERE id = ?", (row["id"],))
     for path in files:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from e2e_util import NOT_READY_TEXT, TOOL_ENV, _pid_alive, listing, run
+from e2e_util import NOT_READY_TEXT, TOOL_ENV, _pid_alive, getfattr_one, listing, run
 from mount_support import wait_for
 
 from glacierfs.commands import demo
@@ -143,6 +143,7 @@ def test_the_demo_as_the_readme_tells_it(demo_paths):
 
     # An uncached read starts a retrieval and says so; status gives no AWS guess of hours.
     cat = run("cat", mnt / "documents" / "hello.txt")
+    cat_at = time.monotonic()
     assert cat.returncode == 1 and NOT_READY_TEXT in cat.stderr, cat.stderr
     status = run(*GLACIERFS, "status", mnt)
     assert status.returncode == 0, status.stderr
@@ -161,6 +162,14 @@ def test_the_demo_as_the_readme_tells_it(demo_paths):
                            timeout=120, env=TOOL_ENV)
     assert again.returncode == 0 and again.stdout == select.stdout, again.stderr
     assert stats(port).get("InitiateJob", 0) == before + 1
+
+    # The retrieval the cat started is cached as soon as its 20 s job completes: the completion
+    # comes through SNS and SQS (the demo mount polls only every 60 s, its safety net).
+    left = demo.NOTIFIED_POLL - 15 - (time.monotonic() - cat_at)
+    wait_for(lambda: getfattr_one(mnt / "documents" / "hello.txt", "user.glacier.cache")
+             == "cached", max(left, 1), "hello.txt to be cached through the notification")
+    status = run(*GLACIERFS, "status", mnt).stdout.decode()
+    assert "Notifications: queue" in status and "last message never" not in status, status
 
     # Running it again while it runs reuses the emulator, the seeded vaults and the mount.
     out = start_demo(mnt, data, port)

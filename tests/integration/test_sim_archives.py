@@ -193,3 +193,60 @@ def test_delete_archive(glacier, vault):
         glacier.initiate_job(vaultName=vault, jobParameters={
             "Type": "archive-retrieval", "ArchiveId": archive})
     assert code(exc) == ("ResourceNotFoundException", 404)
+
+
+def _multipart(glacier, vault: str, data: bytes, part: int = MIB) -> str:
+    uid = glacier.initiate_multipart_upload(vaultName=vault, partSize=str(part))["uploadId"]
+    for start in range(0, len(data), part):
+        chunk = data[start:start + part]
+        glacier.upload_multipart_part(vaultName=vault, uploadId=uid, body=chunk,
+                                      range=f"bytes {start}-{start + len(chunk) - 1}/*")
+    return uid
+
+
+def test_complete_multipart_is_idempotent_as_documented(sim, glacier, vault):
+    data = b"m" * (MIB + 17)
+    uid = _multipart(glacier, vault, data)
+    checksum = tree_hash(data).hex()
+    first = glacier.complete_multipart_upload(vaultName=vault, uploadId=uid,
+                                              archiveSize=str(len(data)), checksum=checksum)
+    again = glacier.complete_multipart_upload(vaultName=vault, uploadId=uid,
+                                              archiveSize=str(len(data)), checksum=checksum)
+    assert again["archiveId"] == first["archiveId"]
+    assert again["checksum"] == checksum
+    assert glacier.describe_vault(vaultName=vault)["SizeInBytes"] == len(data)
+    # Another size or tree hash is not a repeat: the upload is gone.
+    for size, digest in ((len(data) + 1, checksum), (len(data), "ab" * 32)):
+        with pytest.raises(ClientError) as exc:
+            glacier.complete_multipart_upload(vaultName=vault, uploadId=uid,
+                                              archiveSize=str(size), checksum=digest)
+        assert code(exc) == ("ResourceNotFoundException", 404)
+    # "Within a short period": an hour later it is forgotten.
+    sim.advance_clock(3601)
+    with pytest.raises(ClientError) as exc:
+        glacier.complete_multipart_upload(vaultName=vault, uploadId=uid,
+                                          archiveSize=str(len(data)), checksum=checksum)
+    assert code(exc) == ("ResourceNotFoundException", 404)
+    with pytest.raises(ClientError) as exc:  # another vault never sees it
+        glacier.create_vault(vaultName="other")
+        glacier.complete_multipart_upload(vaultName="other", uploadId=uid,
+                                          archiveSize=str(len(data)), checksum=checksum)
+    assert code(exc) == ("ResourceNotFoundException", 404)
+
+
+def test_a_lost_completion_answer_retried_by_boto3_gives_the_archive_once(sim, vault):
+    retrying = sim.client()  # botocore's standard retries, as any SDK user has them
+    data = bytes(range(256)) * 8192
+    uid = _multipart(retrying, vault, data)
+    sim.set_faults([{"operation": "CompleteMultipartUpload", "fault": "drop", "count": 1}])
+    done = retrying.complete_multipart_upload(vaultName=vault, uploadId=uid,
+                                              archiveSize=str(len(data)),
+                                              checksum=tree_hash(data).hex())
+    assert sim.stats()["requests"]["CompleteMultipartUpload"] == 2  # the answer was lost once
+    vault_info = retrying.describe_vault(vaultName=vault)
+    assert (vault_info["NumberOfArchives"], vault_info["SizeInBytes"]) == (1, len(data))
+    job = retrying.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": done["archiveId"]})["jobId"]
+    sim.complete_jobs(job_id=job)
+    body = retrying.get_job_output(vaultName=vault, jobId=job)["body"].read()
+    assert body == data

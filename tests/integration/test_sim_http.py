@@ -49,7 +49,8 @@ def request(conn, method, path, body=b"", headers=None):
     ("GET", "/-/nothing/here", b"", 400, "UnknownOperationException"),
     ("POST", "/-/vaults/x/jobs", b"{not json", 404, "ResourceNotFoundException"),
     ("GET", "/-/vaults?limit=zero", b"", 400, "InvalidParameterValueException"),
-    ("GET", "/-/vaults/v/tags", b"", 400, "InvalidParameterValueException"),
+    ("GET", "/-/vaults/v/lock-policy", b"", 400, "InvalidParameterValueException"),
+    ("GET", "/-/vaults/v/tags", b"", 404, "ResourceNotFoundException"),
 ])
 def test_errors_are_glacier_json(sim, method, path, body, status, code):
     parts = urlsplit(sim.url)

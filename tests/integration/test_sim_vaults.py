@@ -93,3 +93,50 @@ def test_access_key_and_account_flags(sim):
     with pytest.raises(ClientError) as exc:
         bad.list_vaults()
     assert code(exc) == ("UnrecognizedClientException", 403)
+
+
+def test_vault_tags_as_documented(sim, glacier):
+    glacier.create_vault(vaultName="tagged")
+    assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {}
+    glacier.add_tags_to_vault(vaultName="tagged", Tags={"owner": "ann", "empty": ""})
+    glacier.add_tags_to_vault(vaultName="tagged", Tags={"owner": "bob"})   # replaces
+    assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {"owner": "bob",
+                                                                       "empty": ""}
+    glacier.remove_tags_from_vault(vaultName="tagged", TagKeys=["empty", "absent"])
+    assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {"owner": "bob"}
+    requests = sim.stats()["requests"]
+    assert (requests["AddTagsToVault"], requests["RemoveTagsFromVault"]) == (2, 1)
+    for bad in ({"aws:reserved": "x"}, {"k" * 129: "x"}, {"key": "v" * 257}):
+        with pytest.raises(ClientError) as exc:
+            glacier.add_tags_to_vault(vaultName="tagged", Tags=bad)
+        assert exc.value.response["Error"]["Code"] == "InvalidParameterValueException"
+    with pytest.raises(ClientError) as exc:
+        glacier.add_tags_to_vault(vaultName="tagged", Tags={f"k{i}": "v" for i in range(50)})
+    assert exc.value.response["Error"]["Code"] == "LimitExceededException"
+    assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {"owner": "bob"}
+    with pytest.raises(ClientError) as exc:
+        glacier.list_tags_for_vault(vaultName="nope")
+    assert exc.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    glacier.delete_vault(vaultName="tagged")   # tags go with the vault
+    glacier.create_vault(vaultName="tagged")
+    assert glacier.list_tags_for_vault(vaultName="tagged")["Tags"] == {}
+
+
+def test_vault_access_policies_are_kept_and_returned(glacier):
+    glacier.create_vault(vaultName="guarded")
+    with pytest.raises(ClientError) as exc:
+        glacier.get_vault_access_policy(vaultName="guarded")
+    assert code(exc) == ("ResourceNotFoundException", 404)
+    policy = ('{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*",'
+              '"Action":"glacier:DeleteArchive","Resource":"*"}]}')
+    glacier.set_vault_access_policy(vaultName="guarded", policy={"Policy": policy})
+    got = glacier.get_vault_access_policy(vaultName="guarded")["policy"]["Policy"]
+    assert got == policy
+    for bad in ("not json", "[1]", "x" * 21000):
+        with pytest.raises(ClientError) as exc:
+            glacier.set_vault_access_policy(vaultName="guarded", policy={"Policy": bad})
+        assert code(exc) == ("InvalidParameterValueException", 400)
+    glacier.delete_vault_access_policy(vaultName="guarded")
+    with pytest.raises(ClientError) as exc:
+        glacier.get_vault_access_policy(vaultName="guarded")
+    assert code(exc) == ("ResourceNotFoundException", 404)
