@@ -132,7 +132,7 @@ def test_status_names_who_started_each_job() -> None:
     lines = render_status("/mnt/g", doc).splitlines()
     assert "by erin (cp)" in next(x for x in lines if "report.pdf" in x)
     assert "requester unknown" in next(x for x in lines if "other.pdf" in x)
-    assert "retrieve_users erin, @backup" in lines[-1]
+    assert "retrieve_users erin, @backup" in next(x for x in lines if x.startswith("Limits:"))
     assert requester_label({"uid": 7, "user": None, "command": None}) == "by uid 7"
 
 
