@@ -76,7 +76,8 @@ class ChunkCache:
             tag_index=0,
         )
         self._chmod_db_files()
-        self._handles = HandleTable(self._dir_str, self._query, self._delete_rows)
+        self._handles = HandleTable(self._dir_str, self._query, self._delete_rows,
+                                    lambda: recovery.index_barrier(self._dir_str))
         self._index = ChunkIndex(self._cache, size_limit, self._handles, evictable)
         self._group = GroupCommit(self._apply_rows)
         recovery.migrate_value_files(self._cache, self._dir_str)

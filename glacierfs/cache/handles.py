@@ -74,12 +74,14 @@ class HandleTable:
     """Open archive files by (archive id, chunk size), least recently used closed first."""
 
     def __init__(self, directory: str, query: Callable[[str, tuple], list[tuple]],
-                 delete_rows: Callable[[list[str]], None]) -> None:
+                 delete_rows: Callable[[list[str]], None], barrier: Callable[[], None]) -> None:
         """``query`` runs a read-only statement on the index; ``delete_rows(keys)`` drops rows
-        (chunks whose bytes were found damaged)."""
+        (chunks whose bytes were found damaged); ``barrier()`` makes the index's committed
+        deletes durable, called before any byte is freed (see ``_free_bytes``)."""
         self._dir_str = directory  # joined as a str on the open path: pathlib costs µs
         self._query = query
         self._delete_rows = delete_rows
+        self._barrier = barrier
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # a claim was given back
         self._handles: OrderedDict[Slot, _Handle] = OrderedDict()
@@ -351,6 +353,8 @@ class HandleTable:
             if self._query("SELECT 1 FROM Cache WHERE key IN (?, ?) AND raw = 1",
                            (chunk_key(layout, index), held_key(layout, index))):
                 keep.add(index)
+        if not indexes - keep or not self._free_bytes():
+            return
         own = None
         if fd is None:
             try:
@@ -365,6 +369,17 @@ class HandleTable:
             if own is not None:
                 os.close(own)
 
+    def _free_bytes(self) -> bool:
+        """May bytes of dropped rows be freed now? Only once the deletes are durable: after a
+        power cut a row whose delete was lost would otherwise list a hole, and read as zeros.
+        If the index cannot be made durable the bytes stay (listed by nothing, swept later)."""
+        try:
+            self._barrier()
+        except OSError as exc:
+            log.warning("cache index not made durable (%s): freeing no space now", exc)
+            return False
+        return True
+
     def _remove_if_empty(self, slot: Slot) -> None:
         """Remove the grid's file once no row lists any chunk of it and nothing is claimed."""
         with self._lock:
@@ -377,6 +392,8 @@ class HandleTable:
         low, high = prefix_bounds(_prefix(slot))
         if self._query("SELECT 1 FROM Cache WHERE key >= ? AND key < ? AND raw = 1 LIMIT 1",
                        (low, high)):
+            return False
+        if not self._free_bytes():
             return False
         with suppress(FileNotFoundError):
             os.unlink(self.path(*slot))

@@ -131,6 +131,7 @@ class _Batch:
             self._cache._con.executemany(
                 "UPDATE Cache SET filename = NULL, mode = ?, value = ? WHERE rowid = ?",
                 [(diskcache.core.MODE_RAW, b"", rowid) for rowid, _ in self._rows])
+        index_barrier(self._dir)  # the switch is durable before the old copies go
         for _, value_file in self._rows:
             with suppress(FileNotFoundError):
                 os.unlink(value_file)
@@ -149,6 +150,21 @@ class _Batch:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+
+
+def index_barrier(directory: str) -> None:
+    """Make every committed transaction of the index durable: an fsync of its write-ahead log.
+    diskcache runs SQLite in WAL mode with synchronous=NORMAL, so commits are atomic but not
+    synced; frames already checkpointed into the database were synced by SQLite."""
+    try:
+        fd = os.open(os.path.join(directory, diskcache.core.DBNAME + "-wal"),
+                     os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sweep(cache: diskcache.Cache, directory: str) -> None:

@@ -394,6 +394,32 @@ def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypat
     assert len(os.listdir("/proc/self/fd")) <= fds
 
 
+def test_eviction_frees_the_bytes_only_after_the_delete_is_durable(tmp_path, monkeypatch):
+    """Evicted chunks give their disk space back (holes punched, files removed), and never
+    before the index's delete is on disk: after a power cut a row must not list a hole."""
+    events: list[str] = []
+    real_punch, real_barrier = sparse.punch_hole, recovery.index_barrier
+    monkeypatch.setattr(sparse, "punch_hole",
+                        lambda fd, off, n: events.append("punch") or real_punch(fd, off, n))
+    monkeypatch.setattr(recovery, "index_barrier",
+                        lambda d: events.append("barrier") or real_barrier(d))
+    limit = 4 * MIB
+    data = make_data(8 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    other = ArchiveLayout("other", MIB, MIB)
+    with ChunkCache(tmp_path / "c", limit) as c:
+        put(c, other, data[:MIB])
+        put(c, layout, data)
+        assert "punch" in events and events.index("barrier") < events.index("punch")
+        assert c.state(other) == "absent"
+        allocated = sum(os.stat(p).st_blocks * 512 for p in (tmp_path / "c" / "archives").iterdir())
+        assert allocated <= limit
+        assert len(archive_files(c.directory)) == 1  # the other archive's file is gone
+        assert stray_bytes(c.directory) == 0
+        present = [i for i in range(layout.chunk_count) if c.has_chunk(layout, i)]
+        assert present and c.read(layout, present[0] * MIB, MIB) == piece(layout, data, present[0])
+
+
 def test_evicted_chunk_with_an_open_handle_reads_as_not_cached(tmp_path):
     c = ChunkCache(tmp_path / "c", 4 * MIB)
     data = make_data(6 * MIB)
