@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -797,3 +798,42 @@ def test_held_chunks_can_be_evicted_like_any_other(tmp_path):
         assert c.volume() <= 3 * MIB
         with pytest.raises(NotCached):
             c.promote_held(layout, tree_hash(data))
+
+
+def test_chunks_that_finish_together_share_one_sync(tmp_path, monkeypatch):
+    """Writers of one archive committing while another's sync runs are made durable by one
+    fdatasync after it, and their rows commit together; each chunk is readable once committed."""
+    data = make_data(4 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    c = ChunkCache(tmp_path / "c", 64 * MIB)
+    group = c._group
+    path = c.archive_path(layout)
+    syncs: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        if not syncs:  # the first sync waits until the three others are queued behind it
+            deadline = time.monotonic() + 60
+            while len(group._queues.get(path, ())) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        syncs.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    errors: list[BaseException] = []
+
+    def store(index: int) -> None:
+        try:
+            write_chunk(c, layout, data, index, tree_hash(piece(layout, data, index)))
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(syncs) == 2  # the first chunk alone, then the three that queued behind it
+    assert c.read(layout, 0, len(data)) == data
+    c.close()
