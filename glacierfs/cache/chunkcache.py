@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -45,7 +46,7 @@ from glacierfs.cache.errors import CacheError, CacheFullError, ChunkVerification
 from glacierfs.cache.handles import HandleTable
 from glacierfs.cache.index import ChunkIndex
 from glacierfs.cache.layout import (ARCHIVE_DIR, HELD_MARK, ArchiveLayout, chunk_key, grid_prefix,
-                                    held_key, key_prefix, prefix_bounds)
+                                    held_key, key_prefix, parse_key, prefix_bounds)
 from glacierfs.cache.writer import DIR_MODE, FILE_MODE, ChunkDisk, ChunkWriter, GroupCommit, InPlace, Row
 from glacierfs.diskfull import LOCAL_ERRORS, is_disk_full
 
@@ -76,12 +77,15 @@ class ChunkCache:
             tag_index=0,
         )
         self._chmod_db_files()
+        self._migration = recovery.Migration(self._cache, self._dir_str, self._moved)
         self._handles = HandleTable(self._dir_str, self._query, self._delete_rows,
-                                    lambda: recovery.index_barrier(self._dir_str))
+                                    lambda: recovery.index_barrier(self._dir_str),
+                                    lambda layout: self._migration.grid(grid_prefix(layout)))
         self._index = ChunkIndex(self._cache, size_limit, self._handles, evictable)
         self._group = GroupCommit(self._apply_rows)
-        recovery.migrate_value_files(self._cache, self._dir_str)
-        recovery.sweep(self._cache, self._dir_str)
+        self._migration.run(time.monotonic() + recovery.MIGRATE_AT_OPEN)
+        recovery.sweep(self._cache, self._dir_str)  # before the migration goes on beside it
+        self._migration.background()
         with self._index.room_lock:
             self._index.make_room_locked(0)
 
@@ -226,6 +230,13 @@ class ChunkCache:
         except LOCAL_ERRORS as exc:
             log.warning("could not trim the cache after storing a chunk: %s", exc)
 
+    def _moved(self, keys: list[str]) -> None:
+        """Rows of the previous layout now point into archive files: readers may have them."""
+        for key in keys:
+            archive_id, chunk_size, index, held = parse_key(key)
+            if not held:
+                self._handles.chunk_added(ArchiveLayout(archive_id, 0, chunk_size), index)
+
     def _delete_rows(self, keys: list[str]) -> None:
         for key in keys:
             self._cache.delete(key, retry=True)
@@ -357,6 +368,7 @@ class ChunkCache:
         return self._handles.read(layout, offset, length)
 
     def close(self) -> None:
+        self._migration.stop()
         self._handles.close()
         with suppress(sqlite3.Error):  # recency only: never worth failing a close for
             self._index.flush_touches()

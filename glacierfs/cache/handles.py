@@ -74,14 +74,18 @@ class HandleTable:
     """Open archive files by (archive id, chunk size), least recently used closed first."""
 
     def __init__(self, directory: str, query: Callable[[str, tuple], list[tuple]],
-                 delete_rows: Callable[[list[str]], None], barrier: Callable[[], None]) -> None:
+                 delete_rows: Callable[[list[str]], None], barrier: Callable[[], None],
+                 prepare: Callable[[ArchiveLayout], None]) -> None:
         """``query`` runs a read-only statement on the index; ``delete_rows(keys)`` drops rows
         (chunks whose bytes were found damaged); ``barrier()`` makes the index's committed
-        deletes durable, called before any byte is freed (see ``_free_bytes``)."""
+        deletes durable, called before any byte is freed (see ``_free_bytes``);
+        ``prepare(layout)`` runs before an archive's chunks are read from the index (it moves
+        chunks still in the previous release's layout)."""
         self._dir_str = directory  # joined as a str on the open path: pathlib costs µs
         self._query = query
         self._delete_rows = delete_rows
         self._barrier = barrier
+        self._prepare = prepare
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # a claim was given back
         self._handles: OrderedDict[Slot, _Handle] = OrderedDict()
@@ -164,8 +168,8 @@ class HandleTable:
 
     def _verified(self, layout: ArchiveLayout) -> set[int]:
         low, high = prefix_bounds(grid_prefix(layout))
-        rows = self._query("SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
-                           (low, high))
+        rows = self._query("SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1 "
+                           "AND filename IS NULL", (low, high))
         cut = len(low)
         return {int(key[cut:]) for (key,) in rows if key[cut:].isdigit()}
 
@@ -174,6 +178,7 @@ class HandleTable:
         refresh a handle that is due). Returns it with one use counted, or None if the index
         lists no chunk of it."""
         slot = (layout.archive_id, layout.chunk_size)
+        self._prepare(layout)
         while True:
             now = time.time()
             drops = self._drops

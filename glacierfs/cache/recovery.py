@@ -2,14 +2,17 @@
 
 Owns two passes, both run by ``ChunkCache`` before anything else touches the directory:
 
-``migrate_value_files``: the previous release kept each chunk in its own diskcache value file
+``Migration``: the previous release kept each chunk in its own diskcache value file
 (``??/??/*.val``, its row's ``filename``). Each is checked against its row (size and tree hash),
 copied into its archive file at its own offset, the archive files made durable, and then the rows
 switched to the new layout in one transaction per batch; only then are the value files removed.
-Nothing is downloaded again. A mount interrupted half-way finds the rows not yet switched still
-pointing at their value files and copies them again (the same bytes to the same place); value
-files whose rows were switched are removed by ``sweep``. A chunk that fails its check is dropped.
-If the disk is too full for a copy, the chunks not yet moved are dropped (said in the log).
+Nothing is downloaded again. An open moves for up to ``MIGRATE_AT_OPEN`` seconds, then a thread
+goes on, and a read of an archive not yet moved moves that archive first. A mount interrupted
+half-way finds the rows not yet switched still pointing at their value files and copies them
+again (the same bytes to the same place); value files whose rows were switched are removed by
+``sweep``. A chunk that fails its check is dropped, as is a held copy of a verified chunk. If
+the disk is too full for a copy, the chunks of that round not yet moved are dropped (the log
+says how many).
 
 ``sweep``: bytes written by a crash between write and commit are listed by no row, so never
 readable; once older than ``ORPHAN_GRACE`` they are punched out, and archive files no row lists
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -28,7 +33,7 @@ import diskcache
 
 from glacierfs import treehash
 from glacierfs.cache import sparse
-from glacierfs.cache.layout import ARCHIVE_DIR, archive_file, parse_key
+from glacierfs.cache.layout import ARCHIVE_DIR, archive_file, parse_key, prefix_bounds
 from glacierfs.cache.writer import FILE_MODE
 from glacierfs.diskfull import is_disk_full
 from glacierfs.treehash import MIB
@@ -42,54 +47,116 @@ ORPHAN_GRACE = 60.0
 # needs (the copies exist beside their value files until the commit) and the work redone when
 # it is interrupted.
 MIGRATE_BATCH = 256 * MIB
+# Rows moved per round of the migration (a read of an archive not yet moved waits for at most
+# one round of the background thread).
+MIGRATE_ROWS = 16
+# Seconds an open spends moving the previous layout before going on in the background (a
+# mount must be ready within its start timeout).
+MIGRATE_AT_OPEN = 20.0
 BLOCK = 4096
 
 
-def migrate_value_files(cache: diskcache.Cache, directory: str) -> None:
-    """Move every chunk kept in a value file into its archive file (see the module doc)."""
-    rows = cache._sql("SELECT rowid, key, size, tag, filename FROM Cache "
-                      "WHERE raw = 1 AND filename IS NOT NULL ORDER BY key").fetchall()
-    if not rows:
-        return
-    log.info("moving %d chunk(s) of the previous cache layout into archive files", len(rows))
-    batch = _Batch(cache, directory)
-    moved = dropped = 0
-    try:
-        for done, (rowid, key, size, tag, filename) in enumerate(rows):
-            try:
-                archive_id, chunk_size, index, _ = parse_key(key)
-                with open(os.path.join(directory, filename), "rb") as src:
-                    data = src.read()
-            except (ValueError, OSError) as exc:
-                if is_disk_full(exc):
-                    raise
-                data = None
-            if data is None or len(data) != size or tag is None \
-                    or treehash.tree_hash(data) != bytes(tag):
-                log.warning("cache chunk %s: its file is missing or damaged; dropped", key)
-                cache.delete(key, retry=True)
-                dropped += 1
-                continue
-            try:
-                batch.add(rowid, os.path.join(directory, filename),
-                          archive_file(archive_id, chunk_size), index * chunk_size, data)
-                if batch.size >= MIGRATE_BATCH:
-                    moved += batch.commit()
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                batch.undo()
-                left = [row[1] for row in rows[done:]]
-                log.warning("the disk is too full to move %d chunk(s) of the previous cache "
-                            "layout: dropped (read again, they are downloaded again)", len(left))
-                for old in left:
-                    cache.delete(old, retry=True)
-                return
-        moved += batch.commit()
-    finally:
-        batch.close()
-    log.info("moved %d chunk(s) into archive files%s", moved,
-             f", dropped {dropped} damaged" if dropped else "")
+class Migration:
+    """Moves the chunks still kept in value files (see the module doc): as much as fits in a
+    time budget when the store opens, the rest in a background thread, and one archive at once
+    whenever a read needs it (``grid``), so every listed chunk stays readable meanwhile."""
+
+    def __init__(self, cache: diskcache.Cache, directory: str,
+                 moved: Callable[[list[str]], None]) -> None:
+        """``moved(keys)`` is told the rows that now point into archive files."""
+        self._cache = cache
+        self._dir = directory
+        self._moved = moved
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.pending = bool(cache._sql(
+            "SELECT 1 FROM Cache WHERE raw = 1 AND filename IS NOT NULL LIMIT 1").fetchall())
+        if self.pending:
+            log.info("moving the chunks of the previous cache layout into archive files")
+
+    def background(self) -> None:
+        """Go on with what is left in a thread (after ``run`` with a deadline and ``sweep``)."""
+        if self.pending:
+            self._thread = threading.Thread(target=self.run, name="cache-migration",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def grid(self, prefix: str) -> None:
+        """Move the rows under one key prefix (an archive's grid) now."""
+        if self.pending:
+            low, high = prefix_bounds(prefix)
+            self.run(None, (low, high))
+
+    def run(self, deadline: float | None = None,
+            bounds: tuple[str, str] | None = None) -> bool:
+        """Move batches until none is left (True), or the deadline or a stop comes (False)."""
+        with self._lock:
+            while not self._stop.is_set():
+                where = "raw = 1 AND filename IS NOT NULL"
+                args: tuple = ()
+                if bounds is not None:
+                    where += " AND key >= ? AND key < ?"
+                    args = bounds
+                rows = self._cache._sql(
+                    f"SELECT rowid, key, size, tag, filename FROM Cache WHERE {where} "  # noqa: S608
+                    f"ORDER BY key LIMIT {MIGRATE_ROWS}", args).fetchall()
+                if not rows:
+                    if bounds is None:
+                        self.pending = False
+                        log.info("the previous cache layout is moved")
+                    return True
+                self._batch(rows)
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+            return False
+
+    def _batch(self, rows: list[tuple]) -> None:
+        cache = self._cache
+        batch = _Batch(cache, self._dir)
+        try:
+            for done, (rowid, key, size, tag, filename) in enumerate(rows):
+                try:
+                    archive_id, chunk_size, index, held = parse_key(key)
+                    if held and cache._sql("SELECT 1 FROM Cache WHERE key = ?",
+                                           (key.rsplit("/", 1)[0] + f"/{index}",)).fetchall():
+                        cache.delete(key, retry=True)  # verified too: the held copy goes
+                        continue
+                    with open(os.path.join(self._dir, filename), "rb") as src:
+                        data = src.read()
+                except (ValueError, OSError) as exc:
+                    if is_disk_full(exc):
+                        raise
+                    data = None
+                if data is None or len(data) != size or tag is None \
+                        or treehash.tree_hash(data) != bytes(tag):
+                    log.warning("cache chunk %s: its file is missing or damaged; dropped", key)
+                    cache.delete(key, retry=True)
+                    continue
+                try:
+                    batch.add(rowid, key, os.path.join(self._dir, filename),
+                              archive_file(archive_id, chunk_size), index * chunk_size, data)
+                    if batch.size >= MIGRATE_BATCH:
+                        self._moved(batch.commit())
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    batch.undo()
+                    left = [row[1] for row in rows[done:]]
+                    log.warning("the disk is too full to move %d chunk(s) of the previous "
+                                "cache layout: dropped (read again, they are downloaded again)",
+                                len(left))
+                    for old in left:
+                        cache.delete(old, retry=True)
+                    return
+            self._moved(batch.commit())
+        finally:
+            batch.close()
 
 
 class _Batch:
@@ -99,11 +166,12 @@ class _Batch:
         self._cache = cache
         self._dir = directory
         self._fds: dict[str, int] = {}
-        self._rows: list[tuple[int, str]] = []  # (rowid, value file)
+        self._rows: list[tuple[int, str, str]] = []  # (rowid, key, value file)
         self._written: list[tuple[int, int, int]] = []  # (fd, offset, length)
         self.size = 0
 
-    def add(self, rowid: int, value_file: str, target: str, offset: int, data: bytes) -> None:
+    def add(self, rowid: int, key: str, value_file: str, target: str, offset: int,
+            data: bytes) -> None:
         fd = self._fds.get(target)
         if fd is None:
             fd = self._fds[target] = os.open(os.path.join(self._dir, target),
@@ -113,13 +181,14 @@ class _Batch:
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
-        self._rows.append((rowid, value_file))
+        self._rows.append((rowid, key, value_file))
         self.size += len(data)
 
-    def commit(self) -> int:
-        """Sync the copies, switch their rows in one transaction, remove the value files."""
+    def commit(self) -> list[str]:
+        """Sync the copies, switch their rows in one transaction, remove the value files.
+        Returns the keys moved."""
         if not self._rows:
-            return 0
+            return []
         for fd in self._fds.values():
             os.fdatasync(fd)
         parent = os.open(os.path.join(self._dir, ARCHIVE_DIR), os.O_RDONLY | os.O_CLOEXEC)
@@ -130,14 +199,14 @@ class _Batch:
         with self._cache.transact(retry=True):
             self._cache._con.executemany(
                 "UPDATE Cache SET filename = NULL, mode = ?, value = ? WHERE rowid = ?",
-                [(diskcache.core.MODE_RAW, b"", rowid) for rowid, _ in self._rows])
+                [(diskcache.core.MODE_RAW, b"", rowid) for rowid, _, _ in self._rows])
         index_barrier(self._dir)  # the switch is durable before the old copies go
-        for _, value_file in self._rows:
+        for _, _, value_file in self._rows:
             with suppress(FileNotFoundError):
                 os.unlink(value_file)
-        count = len(self._rows)
+        keys = [key for _, key, _ in self._rows]
         self._rows, self._written, self.size = [], [], 0
-        return count
+        return keys
 
     def undo(self) -> None:
         """Punch out the copies of a batch that will not commit."""

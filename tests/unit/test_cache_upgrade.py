@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import diskcache
@@ -144,3 +145,26 @@ def test_move_cut_short_is_finished_by_the_next_open(tmp_path, monkeypatch, wher
         assert c.read(layout, 0, len(data)) == data
     assert value_files(directory) == []
     assert os.listdir(directory / "archives")
+
+
+def test_a_large_old_cache_is_moved_in_the_background_and_read_meanwhile(tmp_path, monkeypatch):
+    """An open moves only what fits its time budget; the rest moves in the background, and an
+    archive a reader asks for first is moved at once."""
+    monkeypatch.setattr(recovery, "MIGRATE_AT_OPEN", 0.0)
+    monkeypatch.setattr(recovery, "MIGRATE_ROWS", 1)
+    directory = tmp_path / "chunks"
+    archives = {f"a{n}": make_data(3 * MIB, seed=n) for n in range(4)}
+    layouts = {aid: ArchiveLayout(aid, len(d), MIB) for aid, d in archives.items()}
+    for aid, data in archives.items():
+        write_previous_layout(directory, layouts[aid], data)
+    with ChunkCache(directory, 64 * MIB) as c:
+        for aid in reversed(list(archives)):  # the last ones are moved last in the background
+            assert c.state(layouts[aid]) == "cached"
+            assert c.read(layouts[aid], 0, 3 * MIB) == archives[aid]
+    with ChunkCache(directory, 64 * MIB) as c:
+        deadline = time.monotonic() + 60
+        while value_files(directory) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert value_files(directory) == []
+        for aid, data in archives.items():
+            assert c.read(layouts[aid], 0, 3 * MIB) == data
