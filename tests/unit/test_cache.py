@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -385,14 +386,34 @@ def test_chunk_removed_elsewhere_stops_being_served_after_the_recheck(tmp_path, 
 
 def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypatch):
     monkeypatch.setattr(handles_mod, "HANDLE_CACHE_SIZE", 1)
-    data = make_data(4 * MIB)
-    layout = ArchiveLayout("arch", len(data), MIB)
-    put(cache, layout, data)
-    cache.read(layout, 0, len(data))
-    fds = len(os.listdir("/proc/self/fd"))
-    for _ in range(20):  # each read holds four handles while the table keeps one
-        assert cache.read(layout, 10, len(data)) == data[10:]
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    data = {name: make_data(4 * MIB, seed=n) for n, name in enumerate(("a", "b"))}
+    layouts = {name: ArchiveLayout(name, 4 * MIB, MIB) for name in data}
+    for name in data:
+        put(cache, layouts[name], data[name])
+        cache.read(layouts[name], 0, 4 * MIB)
+    errors: list[BaseException] = []
+
+    def open_archive_files() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").endswith(".arc")
+        return count
+
+    def reader(name: str) -> None:  # two archives, one table slot: handles retire mid-read
+        try:
+            for _ in range(30):
+                assert cache.read(layouts[name], 10, 4 * MIB) == data[name][10:]
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(name,)) for name in data for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert open_archive_files() <= 1  # every retired handle closed once its reads ended
 
 
 def test_eviction_frees_the_bytes_only_after_the_delete_is_durable(tmp_path, monkeypatch):
