@@ -80,7 +80,7 @@ class ChunkCache:
         self._migration = recovery.Migration(self._cache, self._dir_str, self._moved)
         self._handles = HandleTable(self._dir_str, self._query, self._delete_rows,
                                     lambda: recovery.index_barrier(self._dir_str),
-                                    lambda layout: self._migration.grid(grid_prefix(layout)))
+                                    self._prepare_read)
         self._index = ChunkIndex(self._cache, size_limit, self._handles, evictable)
         self._group = GroupCommit(self._apply_rows)
         self._migration.run(time.monotonic() + recovery.MIGRATE_AT_OPEN)
@@ -229,6 +229,12 @@ class ChunkCache:
                 self._index.make_room_locked(0, keep=rows[-1].key)
         except LOCAL_ERRORS as exc:
             log.warning("could not trim the cache after storing a chunk: %s", exc)
+
+    def _prepare_read(self, layout: ArchiveLayout, chunks: range) -> None:
+        """Chunks a read needs that are still in the previous release's layout move first."""
+        if self._migration.pending:
+            self._migration.keys([key for i in chunks for key in
+                                  (chunk_key(layout, i), held_key(layout, i))])
 
     def _moved(self, keys: list[str]) -> None:
         """Rows of the previous layout now point into archive files: readers may have them."""

@@ -75,12 +75,12 @@ class HandleTable:
 
     def __init__(self, directory: str, query: Callable[[str, tuple], list[tuple]],
                  delete_rows: Callable[[list[str]], None], barrier: Callable[[], None],
-                 prepare: Callable[[ArchiveLayout], None]) -> None:
+                 prepare: Callable[[ArchiveLayout, range], None]) -> None:
         """``query`` runs a read-only statement on the index; ``delete_rows(keys)`` drops rows
         (chunks whose bytes were found damaged); ``barrier()`` makes the index's committed
         deletes durable, called before any byte is freed (see ``_free_bytes``);
-        ``prepare(layout)`` runs before an archive's chunks are read from the index (it moves
-        chunks still in the previous release's layout)."""
+        ``prepare(layout, chunks)`` runs before an archive's chunks are read from the index (it
+        moves the chunks a read needs that are still in the previous release's layout)."""
         self._dir_str = directory  # joined as a str on the open path: pathlib costs µs
         self._query = query
         self._delete_rows = delete_rows
@@ -129,7 +129,7 @@ class HandleTable:
                 handle = None
         fresh = handle is None
         if fresh:
-            handle = self._open(layout)
+            handle = self._open(layout, range(first, last + 1))
         while True:
             if handle is None:
                 raise NotCached(list(range(first, last + 1)), layout.archive_id)
@@ -143,7 +143,7 @@ class HandleTable:
             if missing is None or fresh:
                 break
             self._release(handle)  # the set may be behind a commit: ask the index once
-            handle, fresh = self._open(layout), True
+            handle, fresh = self._open(layout, range(first, last + 1)), True
         try:
             if missing:
                 raise NotCached(missing, layout.archive_id)
@@ -173,12 +173,12 @@ class HandleTable:
         cut = len(low)
         return {int(key[cut:]) for (key,) in rows if key[cut:].isdigit()}
 
-    def _open(self, layout: ArchiveLayout) -> _Handle | None:
+    def _open(self, layout: ArchiveLayout, chunks: range) -> _Handle | None:
         """Open the archive's file with its set of verified chunks read from the index (or
         refresh a handle that is due). Returns it with one use counted, or None if the index
         lists no chunk of it."""
         slot = (layout.archive_id, layout.chunk_size)
-        self._prepare(layout)
+        self._prepare(layout, chunks)
         while True:
             now = time.time()
             drops = self._drops

@@ -7,7 +7,7 @@ Owns two passes, both run by ``ChunkCache`` before anything else touches the dir
 copied into its archive file at its own offset, the archive files made durable, and then the rows
 switched to the new layout in one transaction per batch; only then are the value files removed.
 Nothing is downloaded again. An open moves for up to ``MIGRATE_AT_OPEN`` seconds, then a thread
-goes on, and a read of an archive not yet moved moves that archive first. A mount interrupted
+goes on, and a read of chunks not yet moved moves those first. A mount interrupted
 half-way finds the rows not yet switched still pointing at their value files and copies them
 again (the same bytes to the same place); value files whose rows were switched are removed by
 ``sweep``. A chunk that fails its check is dropped, as is a held copy of a verified chunk. If
@@ -33,7 +33,7 @@ import diskcache
 
 from glacierfs import treehash
 from glacierfs.cache import sparse
-from glacierfs.cache.layout import ARCHIVE_DIR, archive_file, parse_key, prefix_bounds
+from glacierfs.cache.layout import ARCHIVE_DIR, archive_file, parse_key
 from glacierfs.cache.writer import FILE_MODE
 from glacierfs.diskfull import is_disk_full
 from glacierfs.treehash import MIB
@@ -49,7 +49,7 @@ ORPHAN_GRACE = 60.0
 MIGRATE_BATCH = 256 * MIB
 # Rows moved per round of the migration (a read of an archive not yet moved waits for at most
 # one round of the background thread).
-MIGRATE_ROWS = 16
+MIGRATE_ROWS = 4
 # Seconds an open spends moving the previous layout before going on in the background (a
 # mount must be ready within its start timeout).
 MIGRATE_AT_OPEN = 20.0
@@ -58,8 +58,8 @@ BLOCK = 4096
 
 class Migration:
     """Moves the chunks still kept in value files (see the module doc): as much as fits in a
-    time budget when the store opens, the rest in a background thread, and one archive at once
-    whenever a read needs it (``grid``), so every listed chunk stays readable meanwhile."""
+    time budget when the store opens, the rest in a background thread, and the chunks a read
+    needs at once (``keys``), so every listed chunk stays readable meanwhile."""
 
     def __init__(self, cache: diskcache.Cache, directory: str,
                  moved: Callable[[list[str]], None]) -> None:
@@ -87,27 +87,23 @@ class Migration:
         if self._thread is not None:
             self._thread.join()
 
-    def grid(self, prefix: str) -> None:
-        """Move the rows under one key prefix (an archive's grid) now."""
+    def keys(self, keys: list[str]) -> None:
+        """Move these rows now, if they are still in the previous layout (a read needs them:
+        a few chunks, so the caller waits for little more than one round)."""
         if self.pending:
-            low, high = prefix_bounds(prefix)
-            self.run(None, (low, high))
+            marks = ", ".join("?" * len(keys))
+            self.run(None, f" AND key IN ({marks})", tuple(keys))
 
-    def run(self, deadline: float | None = None,
-            bounds: tuple[str, str] | None = None) -> bool:
+    def run(self, deadline: float | None = None, where: str = "", args: tuple = ()) -> bool:
         """Move batches until none is left (True), or the deadline or a stop comes (False)."""
         with self._lock:
             while not self._stop.is_set():
-                where = "raw = 1 AND filename IS NOT NULL"
-                args: tuple = ()
-                if bounds is not None:
-                    where += " AND key >= ? AND key < ?"
-                    args = bounds
                 rows = self._cache._sql(
-                    f"SELECT rowid, key, size, tag, filename FROM Cache WHERE {where} "  # noqa: S608
+                    "SELECT rowid, key, size, tag, filename FROM Cache "  # noqa: S608
+                    f"WHERE raw = 1 AND filename IS NOT NULL{where} "
                     f"ORDER BY key LIMIT {MIGRATE_ROWS}", args).fetchall()
                 if not rows:
-                    if bounds is None:
+                    if not where:
                         self.pending = False
                         log.info("the previous cache layout is moved")
                     return True

@@ -397,7 +397,8 @@ def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypat
         count = 0
         for fd in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/self/fd/{fd}").endswith(".arc")
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                count += target.startswith(str(cache.directory)) and target.endswith(".arc")
         return count
 
     def reader(name: str) -> None:  # two archives, one table slot: handles retire mid-read
