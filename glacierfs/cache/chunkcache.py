@@ -344,7 +344,7 @@ class ChunkCache:
             log.debug("discarded %d chunk(s) of archive %s", len(keys), archive_id)
 
     def volume(self) -> int:
-        """Bytes on disk: chunk files plus the index."""
+        """Bytes counted against the limit: the chunks the index lists plus the index itself."""
         return self._cache.volume()
 
     def disk_free(self) -> int | None:
