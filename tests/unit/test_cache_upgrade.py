@@ -168,3 +168,34 @@ def test_a_large_old_cache_is_moved_in_the_background_and_read_meanwhile(tmp_pat
         assert value_files(directory) == []
         for aid, data in archives.items():
             assert c.read(layouts[aid], 0, 3 * MIB) == data
+
+
+def test_disk_full_during_the_move_drops_chunks_never_serves_wrong_bytes(tmp_path, monkeypatch):
+    directory = tmp_path / "chunks"
+    data = make_data(4 * MIB)
+    layout = ArchiveLayout("full", len(data), MIB)
+    write_previous_layout(directory, layout, data)
+    real_pwrite, calls = os.pwrite, [0]
+
+    def pwrite(fd, buf, offset):
+        calls[0] += 1
+        if calls[0] == 3:  # the third chunk's copy meets a full disk, once
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, buf, offset)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", pwrite)
+        c = ChunkCache(directory, 64 * MIB)  # opens: a full disk is no reason to fail a mount
+    with c:
+        missing = c.missing_chunks(layout)
+        assert missing == [2, 3]  # that round's chunks from the failed copy on; the rest moved
+        for i in range(layout.chunk_count):
+            if i in missing:
+                with pytest.raises(NotCached):
+                    c.read(layout, i * MIB, MIB)
+            else:
+                assert c.read(layout, i * MIB, MIB) == data[i * MIB:(i + 1) * MIB]
+        for i in missing:  # room again: downloads store them as usual
+            c.put_chunk(layout, i, data[i * MIB:(i + 1) * MIB], tree_hash(data[i * MIB:(i + 1) * MIB]))
+        assert c.read(layout, 0, len(data)) == data
+    assert value_files(directory) == []
