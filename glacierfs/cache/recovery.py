@@ -96,6 +96,8 @@ class Migration:
 
     def run(self, deadline: float | None = None, where: str = "", args: tuple = ()) -> bool:
         """Move batches until none is left (True), or the deadline or a stop comes (False)."""
+        if not self.pending:
+            return True
         with self._lock:
             while not self._stop.is_set():
                 rows = self._cache._sql(
@@ -103,7 +105,7 @@ class Migration:
                     f"WHERE raw = 1 AND filename IS NOT NULL{where} "
                     f"ORDER BY key LIMIT {MIGRATE_ROWS}", args).fetchall()
                 if not rows:
-                    if not where:
+                    if not where and self.pending:
                         self.pending = False
                         log.info("the previous cache layout is moved")
                     return True
