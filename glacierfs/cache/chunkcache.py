@@ -1,20 +1,26 @@
-"""The local store of verified archive bytes: tree-hash-aligned chunks on ``diskcache``.
+"""The local store of verified archive bytes: one sparse file per archive, indexed by
+``diskcache``.
 
-Owns one directory (mode 0700) holding a ``diskcache.Cache``: an SQLite index plus one value
-file (mode 0600) per chunk. Nothing else writes there. ``ChunkCache`` is the store's face; its
-parts are ``layout`` (the chunk grid and the index keys), ``writer`` (chunk files),
-``handles`` (the read path), ``index`` (queries, room and eviction) and ``errors``.
+Owns one directory (mode 0700): ``cache.db`` (diskcache's SQLite index and LRU bookkeeping) and
+``archives/`` with one sparse file (mode 0600) per archive and chunk size, holding chunk *i* at
+byte *i* × ``chunk_size``. Nothing else writes there. ``ChunkCache`` is the store's face; its
+parts are ``layout`` (the chunk grid, the keys, the file names), ``writer`` (writing chunks and
+committing their rows), ``handles`` (the read path, claims, hole punching), ``index`` (queries,
+room and eviction), ``recovery`` (what an open finds left by a crash or the previous release),
+``sparse`` and ``errors``.
 
 What it guarantees
-  * Only verified bytes: ``put_chunk`` hashes the data itself and refuses it unless its tree hash
-    is the expected one, so no caller can store unverified bytes. The verified hash is kept
-    beside the chunk (diskcache ``tag``) so a resumed download can fold the archive root from
+  * Only verified bytes: a chunk is readable only once its row is in the index, and a row is
+    written only for bytes whose tree hash was checked (``put_chunk`` hashes the data itself).
+    The verified hash is the row's ``tag`` so a resumed download can fold the archive root from
     stored hashes without rereading data.
-  * Whole chunks or nothing: a value file is written and fsynced before its row is committed; a
-    kill in between leaves an unreferenced file (never readable; removed by a later open once
-    older than ``ORPHAN_GRACE``). Disk full (ENOSPC/EDQUOT, from the file or from SQLite)
-    raises ``CacheFullError`` with the partial file removed and the index untouched.
-  * Size limit: least-recently-used chunks are evicted before a chunk is written (``index``).
+  * Durable before listed: the archive file is fdatasynced before the rows of its chunks commit
+    (one sync for the chunks that finish together). A kill in between leaves bytes no row lists:
+    never readable, and punched out by a later open once older than ``ORPHAN_GRACE``. Disk full
+    (ENOSPC/EDQUOT, from the file or from SQLite) raises ``CacheFullError`` with the written
+    range punched out again and the index untouched.
+  * Size limit: least-recently-used chunks are evicted before a chunk is written (``index``),
+    their bytes freed by punching holes, a file removed with its last chunk.
   * Reads are all or nothing: a range touching a missing chunk raises ``NotCached`` naming every
     missing chunk, before any byte is read (``handles``).
 
@@ -35,19 +41,17 @@ from pathlib import Path
 import diskcache
 
 from glacierfs import treehash
+from glacierfs.cache import recovery
 from glacierfs.cache.errors import CacheError, CacheFullError, ChunkVerificationError, NotCached
 from glacierfs.cache.handles import HandleTable
 from glacierfs.cache.index import ChunkIndex
-from glacierfs.cache.layout import (HELD_MARK, ArchiveLayout, chunk_key, grid_prefix, held_key,
-                                    key_prefix, prefix_bounds)
-from glacierfs.cache.writer import DIR_MODE, FILE_MODE, ChunkDisk, ChunkWriter, Prewritten
+from glacierfs.cache.layout import (ARCHIVE_DIR, HELD_MARK, ArchiveLayout, chunk_key, grid_prefix,
+                                    held_key, key_prefix, parse_key, prefix_bounds)
+from glacierfs.cache.writer import DIR_MODE, FILE_MODE, ChunkDisk, ChunkWriter, GroupCommit, InPlace, Row
 from glacierfs.diskfull import LOCAL_ERRORS, is_disk_full
 
 log = logging.getLogger(__name__)
 
-# A value file with no index row is a write that never committed (a crash). Files younger
-# than this may still be a write in flight in another process sharing the directory.
-ORPHAN_GRACE = 60.0
 DB_NAME = diskcache.core.DBNAME
 
 
@@ -69,16 +73,19 @@ class ChunkCache:
             size_limit=size_limit,
             eviction_policy="least-recently-used",
             cull_limit=0,  # we evict ourselves, exactly enough and before writing: see ChunkIndex
-            disk_min_file_size=0,  # every chunk in its own file: readable with pread
             statistics=0,  # a hit counter would be one more SQLite write per read
             tag_index=0,
         )
-        self._disk: ChunkDisk = self._cache.disk
         self._chmod_db_files()
-        self._handles = HandleTable(self._dir_str, self._query,
-                                    lambda key: self._cache.delete(key, retry=True))
+        self._migration = recovery.Migration(self._cache, self._dir_str, self._moved)
+        self._handles = HandleTable(self._dir_str, self._query, self._delete_rows,
+                                    lambda: recovery.index_barrier(self._dir_str),
+                                    self._prepare_read)
         self._index = ChunkIndex(self._cache, size_limit, self._handles, evictable)
-        self._sweep_orphans()
+        self._group = GroupCommit(self._apply_rows)
+        self._migration.run(time.monotonic() + recovery.MIGRATE_AT_OPEN)
+        recovery.sweep(self._cache, self._dir_str)  # before the migration goes on beside it
+        self._migration.background()
         with self._index.room_lock:
             self._index.make_room_locked(0)
 
@@ -100,6 +107,11 @@ class ChunkCache:
             raise CacheError(f"cache directory {self._dir} is owned by uid {st.st_uid}, not us")
         if st.st_mode & 0o777 != DIR_MODE:
             os.chmod(self._dir, DIR_MODE)
+        archives = self._dir / ARCHIVE_DIR
+        with suppress(FileExistsError):
+            archives.mkdir(mode=DIR_MODE)
+        if archives.stat().st_mode & 0o777 != DIR_MODE:
+            os.chmod(archives, DIR_MODE)
         db = self._dir / DB_NAME
         if not db.exists():
             # SQLite accepts an empty file as an empty database and gives its -wal and -shm
@@ -113,22 +125,6 @@ class ChunkCache:
                 path = self._dir / name
                 if path.stat().st_mode & 0o777 != FILE_MODE:
                     os.chmod(path, FILE_MODE)
-
-    def _sweep_orphans(self) -> None:
-        """Remove value files no row points at: writes a crash interrupted before the commit."""
-        known = {row[0] for row in self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-        cutoff = time.time() - ORPHAN_GRACE
-        removed = 0
-        for path in self._dir.glob("*/*/*.val"):
-            rel = str(path.relative_to(self._dir))
-            if rel in known:
-                continue
-            with suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-        if removed:
-            log.info("removed %d unfinished chunk file(s) from %s", removed, self._dir)
 
     # --- index queries -----------------------------------------------------------------------
     def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
@@ -159,25 +155,8 @@ class ChunkCache:
             )
         if self.chunk_tree_hash(layout, index) == actual:
             return
-        key = chunk_key(layout, index)
-        self._disk.take_written()  # nothing of an earlier put may be taken for ours below
-        try:
-            with self._index.reservation(len(data)):  # evicting needs SQLite writes: may hit ENOSPC too
-                self._cache.set(key, data, tag=actual, retry=True)
-        except BaseException as exc:
-            self._undo_failed_set()
-            if is_disk_full(exc):  # file or index: both become CacheFullError
-                raise CacheFullError(
-                    f"no room to cache archive {layout.archive_id} chunk {index}: {exc}"
-                ) from exc
-            raise
-        self._disk.take_written()  # committed: from now on that file belongs to the index
-        self._forget_handle(key)
-        try:
-            with self._index.room_lock:  # the index grew a little too: trim back under the limit
-                self._index.make_room_locked(0, keep=key)
-        except LOCAL_ERRORS as exc:
-            log.warning("could not trim the cache after storing a chunk: %s", exc)
+        writer = ChunkWriter(layout, index, memoryview(data), store=self, direct=False)
+        writer.commit(actual)
         log.debug("cached archive %s chunk %d (%d bytes)", layout.archive_id, index, len(data))
 
     def chunk_writer(self, layout: ArchiveLayout, index: int, buffer: memoryview) -> ChunkWriter:
@@ -186,29 +165,88 @@ class ChunkCache:
         them filled, so network, hashing and disk overlap and each byte is touched once after
         it lands. ``commit`` checks the tree hash; nothing is readable before. Room for the
         chunk is made now (CacheFullError if there is none)."""
-        return ChunkWriter(layout, index, buffer, room=self._index, disk=self._disk,
-                           commit=self._commit_prewritten)
+        return ChunkWriter(layout, index, buffer, store=self)
 
-    def _commit_prewritten(self, key: str, written: Prewritten, tag: bytes) -> None:
-        """Commit a value file already written and made durable under ``key``; if that
-        fails the file is removed (unless the row did commit after all)."""
-        self._disk.take_written()
-        self._disk._written.path = written.full_path
+    # --- what writers use (writer.Store) -----------------------------------------------------
+
+    def reserve(self, size: int) -> None:
+        self._index.reserve(size)
+
+    def unreserve(self, size: int) -> None:
+        self._index.unreserve(size)
+
+    def claim(self, layout: ArchiveLayout, index: int, wait: bool) -> bool:
+        return self._handles.claim(layout, index, wait)
+
+    def unclaim(self, layout: ArchiveLayout, index: int) -> None:
+        self._handles.unclaim(layout, index)
+
+    def rows_of(self, layout: ArchiveLayout, index: int) -> tuple[bool, bool]:
+        """(verified, held): which rows of chunk ``index`` exist."""
+        keys = {key for (key,) in self._query(
+            "SELECT key FROM Cache WHERE key IN (?, ?) AND raw = 1",
+            (chunk_key(layout, index), held_key(layout, index)))}
+        return chunk_key(layout, index) in keys, held_key(layout, index) in keys
+
+    def drop_held(self, layout: ArchiveLayout, index: int) -> None:
+        """Delete the held row of chunk ``index`` if there is one (without touching bytes: the
+        caller writes or has written the verified chunk there)."""
+        key = held_key(layout, index)
+        if self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,)):
+            self._cache.delete(key, retry=True)
+
+    def archive_path(self, layout: ArchiveLayout) -> str:
+        return self._handles.path(layout.archive_id, layout.chunk_size)
+
+    def commit_durable(self, path: str, fd: int, row: Row) -> None:
+        self._group.commit(path, fd, row)
+
+    def _apply_rows(self, rows: list[Row]) -> None:
+        """Commit rows of chunks already durable in their file, all in one transaction."""
         try:
-            self._cache.set(key, written, tag=tag, retry=True)
+            with self._cache.transact(retry=True):
+                for row in rows:
+                    self._cache.set(row.key, InPlace(row.layout.chunk_length(row.index)),
+                                    tag=row.tag, retry=True)
         except BaseException as exc:
-            self._undo_failed_set()
-            if is_disk_full(exc):
-                raise CacheFullError(f"no room to index {key}: {exc}") from exc
-            raise
-        self._disk.take_written()
-        self._forget_handle(key)
+            con = self._cache._con
+            if con.in_transaction:  # SQLITE_FULL on COMMIT may leave it open
+                with suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            if not all(self._query("SELECT 1 FROM Cache WHERE key = ?", (row.key,))
+                       for row in rows):
+                if is_disk_full(exc):
+                    raise CacheFullError(f"no room to index {len(rows)} chunk(s): {exc}") from exc
+                raise
+            # committed after all (interrupted just after COMMIT): the rows stand
+        # the rows are counted in the volume now: their writers' reservations end here
+        self._index.unreserve(sum(row.layout.chunk_length(row.index) for row in rows))
+        for row in rows:
+            if not row.held:
+                self._handles.chunk_added(row.layout, row.index)
         try:
-            with self._index.room_lock:
-                self._index.make_room_locked(0, keep=key)
+            with self._index.room_lock:  # the rows are counted now: trim back under the limit
+                self._index.make_room_locked(0, keep=rows[-1].key)
         except LOCAL_ERRORS as exc:
             log.warning("could not trim the cache after storing a chunk: %s", exc)
 
+    def _prepare_read(self, layout: ArchiveLayout, chunks: range) -> None:
+        """Chunks a read needs that are still in the previous release's layout move first."""
+        if self._migration.pending:
+            self._migration.keys([key for i in chunks for key in
+                                  (chunk_key(layout, i), held_key(layout, i))])
+
+    def _moved(self, keys: list[str]) -> None:
+        """Rows of the previous layout now point into archive files: readers may have them."""
+        for key in keys:
+            archive_id, chunk_size, index, held = parse_key(key)
+            if not held:
+                self._handles.chunk_added(ArchiveLayout(archive_id, 0, chunk_size), index)
+
+    def _delete_rows(self, keys: list[str]) -> None:
+        for key in keys:
+            self._cache.delete(key, retry=True)
+        self._handles.chunk_dropped(keys)
 
     # --- chunks held unverified ----------------------------------------------------------------
 
@@ -244,8 +282,7 @@ class ChunkCache:
             raise NotCached(missing, layout.archive_id)
         root = treehash.fold([hashes[i] for i in range(layout.chunk_count)])
         if root != bytes(expected_root):
-            for index in held:
-                self._cache.delete(held_key(layout, index), retry=True)
+            self._delete_rows([held_key(layout, index) for index in held])
             raise ChunkVerificationError(
                 f"archive {layout.archive_id}: tree hash {root.hex()} of the downloaded bytes "
                 f"!= the inventory's {bytes(expected_root).hex()}")
@@ -258,28 +295,10 @@ class ChunkCache:
         for index in held:
             if index in present:  # verified meanwhile: the held copy is redundant
                 self._cache.delete(held_key(layout, index), retry=True)
-            self._forget_handle(chunk_key(layout, index))
+            else:
+                self._handles.chunk_added(layout, index)
         log.debug("archive %s: %d held chunk(s) verified as a whole", layout.archive_id,
                   len(held))
-
-    def _undo_failed_set(self) -> None:
-        """After a failed set: end any transaction SQLite left open, remove the orphan file.
-
-        SQLite may or may not roll back by itself after SQLITE_FULL on COMMIT; a transaction left
-        open would make every later write on this thread fail.
-        """
-        con = self._cache._con
-        if con.in_transaction:
-            with suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
-        written = self._disk.take_written()
-        if written is None:
-            return
-        filename = os.path.relpath(written, self._dir_str)
-        if self._query("SELECT 1 FROM Cache WHERE filename = ?", (filename,)):
-            return  # committed after all (interrupted just after COMMIT): it is the chunk now
-        with suppress(OSError):
-            os.unlink(written)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -320,14 +339,12 @@ class ChunkCache:
         keys = [row[0] for row in self._query(
             "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (low, high)
         )]
-        for key in keys:
-            self._cache.delete(key, retry=True)
-            self._forget_handle(key)
+        self._delete_rows(keys)
         if keys:
             log.debug("discarded %d chunk(s) of archive %s", len(keys), archive_id)
 
     def volume(self) -> int:
-        """Bytes on disk: chunk files plus the index."""
+        """Bytes counted against the limit: the chunks the index lists plus the index itself."""
         return self._cache.volume()
 
     def disk_free(self) -> int | None:
@@ -356,10 +373,8 @@ class ChunkCache:
         """
         return self._handles.read(layout, offset, length)
 
-    def _forget_handle(self, key: str) -> None:
-        self._handles.forget(key)
-
     def close(self) -> None:
+        self._migration.stop()
         self._handles.close()
         with suppress(sqlite3.Error):  # recency only: never worth failing a close for
             self._index.flush_touches()

@@ -67,9 +67,9 @@ class ChunkIndex:
         return found
 
     def delete(self, key: str) -> None:
-        """Drop a chunk's row and its open handle."""
+        """Drop a chunk's row; its bytes are punched out once no read needs them."""
         self.cache.delete(key, retry=True)
-        self.handles.forget(key)
+        self.handles.chunk_dropped([key])
 
     # --- room --------------------------------------------------------------------------------
 

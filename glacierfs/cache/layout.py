@@ -5,10 +5,14 @@ Owns ``ArchiveLayout`` (the tree-hash-aligned chunk grid of one archive) and the
 archive's prefix unambiguous whatever its id contains, and the chunk size in the key keeps the
 chunk grids of one archive apart if the chunk size ever changes. A chunk held unverified has the
 key suffix ``HELD_MARK`` + index.
+
+Every chunk grid (archive, chunk size) has one sparse file, ``archive_file``, holding chunk *i*
+at byte *i* × ``chunk_size`` (so at its own offset in the archive).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from glacierfs.treehash import MIB, is_power_of_two
@@ -16,6 +20,8 @@ from glacierfs.treehash import MIB, is_power_of_two
 # Key suffix of a chunk held unverified (an endpoint that sends no tree hash per range): stored,
 # never readable, until the whole archive's root checks out and the rows are renamed.
 HELD_MARK = "h"
+# Subdirectory of the cache directory holding the archive files.
+ARCHIVE_DIR = "archives"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,22 @@ def slot_of(key: str) -> tuple[str, int, int]:
     chunk_size, index = rest[int(length) + 1:].split("/")
     # A held chunk ("h<index>") is never open for reading: a slot no handle has.
     return archive_id, int(chunk_size), int(index) if index.isdigit() else -1
+
+
+def parse_key(key: str) -> tuple[str, int, int, bool]:
+    """(archive id, chunk size, index, held) of an index key."""
+    length, rest = key.split(":", 1)
+    archive_id = rest[:int(length)]
+    chunk_size, index = rest[int(length) + 1:].split("/")
+    held = index.startswith(HELD_MARK)
+    return archive_id, int(chunk_size), int(index[len(HELD_MARK):] if held else index), held
+
+
+def archive_file(archive_id: str, chunk_size: int) -> str:
+    """The sparse file of one chunk grid, relative to the cache directory. Named by a hash of
+    the grid's key prefix: archive ids are long and may hold any character."""
+    prefix = f"{len(archive_id)}:{archive_id}/{chunk_size}/"
+    return f"{ARCHIVE_DIR}/{hashlib.sha256(prefix.encode()).hexdigest()[:40]}.arc"
 
 
 def held_key(layout: ArchiveLayout, index: int) -> str:

@@ -276,3 +276,57 @@ def test_an_unexpected_error_costs_one_vault_not_the_mount(sim, glacier, vault, 
 
     trio.run(main)
     core.close()
+
+
+@pytest.mark.sim_args("--delay", "inventory=0.5", "--delay", "Standard=1")
+def test_cache_of_the_previous_release_is_read_after_the_upgrade_without_calls(
+        sim, glacier, vault, tmp_path):
+    """The chunks a mount of the previous release stored (one diskcache value file per chunk)
+    are read after the upgrade: no new job, no GetJobOutput (the emulator is stopped)."""
+    import diskcache
+
+    from glacierfs.cache.layout import chunk_key
+
+    data = bytes(range(256)) * (3 * MIB // 256) + b"tail"
+    upload(glacier, vault, data, "old/report.bin")
+    core = Core(sim, tmp_path)
+
+    async def main() -> None:
+        await _load_inventory(core, vault)
+        f = core.ns.lookup(core.file(vault, "old"), "report.bin")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.retrieval.run)
+            with pytest.raises(NotReady):
+                await core.retrieval.read(f, 0, 100, may_start=True)
+            await _until(lambda: core.cache.state(core.retrieval.layout(f)) == "cached")
+            nursery.cancel_scope.cancel()
+        return core.retrieval.layout(f)
+
+    layout = trio.run(main)
+    hashes = core.cache.chunk_tree_hashes(layout)
+    core.close()
+    requests = dict(sim.stats()["requests"])
+
+    # The same chunks as the previous release kept them: rewrite the store in its format.
+    chunks = core.options.state_dir / "chunks"
+    for path in sorted(chunks.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    old = diskcache.Cache(str(chunks), size_limit=1 << 40, eviction_policy="least-recently-used",
+                          cull_limit=0, disk_min_file_size=0, statistics=0, tag_index=0)
+    for i in range(layout.chunk_count):
+        start, end = layout.chunk_range(i)
+        old.set(chunk_key(layout, i), data[start:end + 1], tag=hashes[i])
+    old.close()
+    assert list(chunks.glob("*/*/*.val"))
+
+    sim.stop()
+    core2 = Core(sim, tmp_path)
+
+    async def again() -> None:
+        f = core2.ns.lookup(core2.file(vault, "old"), "report.bin")
+        assert await core2.retrieval.read(f, 0, len(data), may_start=True) == data
+
+    trio.run(again)
+    core2.close()
+    assert not list(chunks.glob("*/*/*.val"))
+    assert requests.get("InitiateJob") == 2  # the inventory and the archive, before the upgrade

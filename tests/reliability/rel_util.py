@@ -235,13 +235,40 @@ async def core(opts: MountOptions, vault: str, archives: list[Archive],
 
 
 def unverified_files(cache_dir: Path, archives: list[Archive], chunk_size: int = MIB) -> list[str]:
-    """Chunk files in the cache whose bytes are not exactly the archive's bytes at their
-    place (found by content: every stored chunk must equal some chunk of some archive)."""
+    """Chunks the cache's index lists as readable whose bytes in their archive file are not
+    exactly some archive's bytes (found by content: every stored chunk must equal some chunk of
+    some archive). Also any value file of the previous layout, checked the same way."""
+    import sqlite3
+
+    from glacierfs.cache.layout import archive_file, parse_key
+
     good: set[bytes] = set()
     for a in archives:
         for start in range(0, max(a.size, 1), chunk_size):
             good.add(hashlib.sha256(a.data[start:start + chunk_size]).digest())
     bad = []
+    db = Path(cache_dir) / "cache.db"
+    rows = []
+    if db.exists():
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT key, size FROM Cache WHERE raw = 1 AND filename IS NULL")\
+                .fetchall()
+        finally:
+            con.close()
+    for key, size in rows:
+        archive_id, grid, index, held = parse_key(key)
+        if held:
+            continue  # never readable until the whole archive checks out
+        path = Path(cache_dir) / archive_file(archive_id, grid)
+        try:
+            with open(path, "rb") as f:
+                f.seek(index * grid)
+                data = f.read(size)
+        except FileNotFoundError:
+            data = b""
+        if hashlib.sha256(data).digest() not in good:
+            bad.append(f"{key} in {path}")
     for path in Path(cache_dir).rglob("*.val"):
         if hashlib.sha256(path.read_bytes()).digest() not in good:
             bad.append(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -11,12 +12,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from glacierfs.cache import chunkcache as cache_mod, handles as handles_mod, layout as layout_mod
+from glacierfs.cache import handles as handles_mod, layout as layout_mod, recovery, sparse
 from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.cache.errors import CacheError, CacheFullError, ChunkVerificationError, NotCached
 from glacierfs.cache.layout import ArchiveLayout
@@ -40,16 +42,35 @@ def put(cache: ChunkCache, layout: ArchiveLayout, data: bytes, indexes=None) -> 
         cache.put_chunk(layout, i, chunk, tree_hash(chunk))
 
 
-def value_files(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for p in directory.glob("*/*/*.val")}
+def archive_files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.glob("archives/*")}
 
 
-def indexed_files(directory: Path) -> set[str]:
+def stray_bytes(directory: Path) -> int:
+    """Bytes on disk in archive files that no index row lists: they would count for nothing
+    (never readable, outside the size limit). Row ranges are rounded out to whole blocks."""
     con = sqlite3.connect(directory / "cache.db")
     try:
-        return {r[0] for r in con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        rows = con.execute("SELECT key, size FROM Cache WHERE raw = 1").fetchall()
     finally:
         con.close()
+    covered: dict[str, list[tuple[int, int]]] = {}
+    for key, size in rows:
+        aid, chunk_size, index, _ = layout_mod.parse_key(key)
+        start = index * chunk_size
+        covered.setdefault(layout_mod.archive_file(aid, chunk_size), []).append(
+            (start, -(-(start + size) // 4096) * 4096))
+    stray = 0
+    for name in archive_files(directory):
+        fd = os.open(directory / name, os.O_RDONLY)
+        try:
+            for start, end in sparse.data_ranges(fd):
+                for offset in range(start, end, 4096):
+                    if not any(lo <= offset < hi for lo, hi in covered.get(name, ())):
+                        stray += min(4096, end - offset)
+        finally:
+            os.close(fd)
+    return stray
 
 
 @pytest.fixture
@@ -141,7 +162,7 @@ def test_refuses_data_with_the_wrong_tree_hash_and_stays_unchanged(cache):
     data = make_data(2 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data, [0])
-    before = (cache.volume(), value_files(cache.directory), cache.missing_chunks(layout))
+    before = (cache.volume(), stray_bytes(cache.directory), cache.missing_chunks(layout))
     good = piece(layout, data, 1)
     bad = bytearray(good)
     bad[12345] ^= 1
@@ -151,7 +172,7 @@ def test_refuses_data_with_the_wrong_tree_hash_and_stays_unchanged(cache):
         cache.put_chunk(layout, 1, good, tree_hash(piece(layout, data, 0)))
     with pytest.raises(ChunkVerificationError):  # right hash for the bytes, wrong length
         cache.put_chunk(layout, 1, good[:-1], tree_hash(good[:-1]))
-    assert (cache.volume(), value_files(cache.directory), cache.missing_chunks(layout)) == before
+    assert (cache.volume(), stray_bytes(cache.directory), cache.missing_chunks(layout)) == before
     with pytest.raises(NotCached):
         cache.read(layout, MIB, 1)
 
@@ -199,9 +220,9 @@ def test_putting_a_cached_chunk_again_changes_nothing(cache):
     data = make_data(MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data)
-    files = value_files(cache.directory)
+    files = (archive_files(cache.directory), os.stat(cache.directory / "archives").st_mtime_ns)
     put(cache, layout, data)
-    assert value_files(cache.directory) == files
+    assert (archive_files(cache.directory), os.stat(cache.directory / "archives").st_mtime_ns) == files
     assert cache.read(layout, 0, MIB) == data
 
 
@@ -243,7 +264,7 @@ def test_discard_archive_removes_every_grid_and_nothing_else(cache):
     assert all(s == "cached" for (aid, _), s in states.items() if aid != "a")
     with pytest.raises(NotCached):
         cache.read(layouts[0], 0, 10)
-    assert value_files(cache.directory) == indexed_files(cache.directory)
+    assert stray_bytes(cache.directory) == 0
 
 
 def test_chunks_persist_across_reopen(tmp_path):
@@ -262,7 +283,7 @@ def test_damaged_chunk_file_is_dropped_not_served(cache):
     data = make_data(2 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data)
-    for name in value_files(cache.directory):
+    for name in archive_files(cache.directory):
         with open(cache.directory / name, "r+b") as f:
             f.truncate(MIB - 1)
     with pytest.raises(NotCached) as exc:
@@ -276,7 +297,7 @@ def test_chunk_file_truncated_under_an_open_handle_is_dropped(cache):
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data)
     assert cache.read(layout, 0, 10) == data[:10]  # handle now open
-    (name,) = value_files(cache.directory)
+    (name,) = archive_files(cache.directory)
     with open(cache.directory / name, "r+b") as f:
         f.truncate(1000)
     with pytest.raises(NotCached):
@@ -309,7 +330,7 @@ def test_eviction_holds_the_size_limit_least_recently_used_first(tmp_path, monke
     with pytest.raises(NotCached) as exc:
         c.read(layout, 0, 20 * MIB)
     assert exc.value.missing == list(range(0, 20 - len(held)))
-    assert value_files(c.directory) == indexed_files(c.directory)
+    assert stray_bytes(c.directory) == 0
     c.close()
 
 
@@ -365,14 +386,61 @@ def test_chunk_removed_elsewhere_stops_being_served_after_the_recheck(tmp_path, 
 
 def test_handle_retired_mid_read_stays_open_until_the_read_ends(cache, monkeypatch):
     monkeypatch.setattr(handles_mod, "HANDLE_CACHE_SIZE", 1)
-    data = make_data(4 * MIB)
+    data = {name: make_data(4 * MIB, seed=n) for n, name in enumerate(("a", "b"))}
+    layouts = {name: ArchiveLayout(name, 4 * MIB, MIB) for name in data}
+    for name in data:
+        put(cache, layouts[name], data[name])
+        cache.read(layouts[name], 0, 4 * MIB)
+    errors: list[BaseException] = []
+
+    def open_archive_files() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                count += target.startswith(str(cache.directory)) and target.endswith(".arc")
+        return count
+
+    def reader(name: str) -> None:  # two archives, one table slot: handles retire mid-read
+        try:
+            for _ in range(30):
+                assert cache.read(layouts[name], 10, 4 * MIB) == data[name][10:]
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(name,)) for name in data for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert open_archive_files() <= 1  # every retired handle closed once its reads ended
+
+
+def test_eviction_frees_the_bytes_only_after_the_delete_is_durable(tmp_path, monkeypatch):
+    """Evicted chunks give their disk space back (holes punched, files removed), and never
+    before the index's delete is on disk: after a power cut a row must not list a hole."""
+    events: list[str] = []
+    real_punch, real_barrier = sparse.punch_hole, recovery.index_barrier
+    monkeypatch.setattr(sparse, "punch_hole",
+                        lambda fd, off, n: events.append("punch") or real_punch(fd, off, n))
+    monkeypatch.setattr(recovery, "index_barrier",
+                        lambda d: events.append("barrier") or real_barrier(d))
+    limit = 4 * MIB
+    data = make_data(8 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
-    put(cache, layout, data)
-    cache.read(layout, 0, len(data))
-    fds = len(os.listdir("/proc/self/fd"))
-    for _ in range(20):  # each read holds four handles while the table keeps one
-        assert cache.read(layout, 10, len(data)) == data[10:]
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    other = ArchiveLayout("other", MIB, MIB)
+    with ChunkCache(tmp_path / "c", limit) as c:
+        put(c, other, data[:MIB])
+        put(c, layout, data)
+        assert "punch" in events and events.index("barrier") < events.index("punch")
+        assert c.state(other) == "absent"
+        allocated = sum(os.stat(p).st_blocks * 512 for p in (tmp_path / "c" / "archives").iterdir())
+        assert allocated <= limit
+        assert len(archive_files(c.directory)) == 1  # the other archive's file is gone
+        assert stray_bytes(c.directory) == 0
+        present = [i for i in range(layout.chunk_count) if c.has_chunk(layout, i)]
+        assert present and c.read(layout, present[0] * MIB, MIB) == piece(layout, data, present[0])
 
 
 def test_evicted_chunk_with_an_open_handle_reads_as_not_cached(tmp_path):
@@ -456,25 +524,25 @@ def test_concurrent_puts_and_reads_respect_the_limit_and_never_return_wrong_byte
         t.join()
     assert not errors, errors[:3]
     assert not over_limit
-    assert value_files(c.directory) == indexed_files(c.directory)
+    assert stray_bytes(c.directory) == 0
     c.close()
 
 
 # --- disk full -------------------------------------------------------------------------------
 
 def _fail_writes_after(monkeypatch, budget: int, err: int = errno.ENOSPC) -> None:
-    """Let ``budget`` bytes through os.write, then fail like a full disk (short write first)."""
-    real_write = os.write
+    """Let ``budget`` bytes through os.pwrite, then fail like a full disk (short write first)."""
+    real_pwrite = os.pwrite
     left = [budget]
 
-    def write(fd, buf):
+    def pwrite(fd, buf, offset):
         if left[0] <= 0:
             raise OSError(err, os.strerror(err))
-        n = real_write(fd, memoryview(buf)[:left[0]])
+        n = real_pwrite(fd, memoryview(buf)[:left[0]], offset)
         left[0] -= n
         return n
 
-    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "pwrite", pwrite)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
@@ -482,12 +550,11 @@ def test_disk_full_mid_write_raises_and_leaves_nothing_behind(cache, monkeypatch
     data = make_data(3 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
     put(cache, layout, data, [0])
-    before = value_files(cache.directory)
     with monkeypatch.context() as m:
         _fail_writes_after(m, MIB // 2, err)
         with pytest.raises(CacheFullError):
             put(cache, layout, data, [1])
-    assert value_files(cache.directory) == before == indexed_files(cache.directory)
+    assert stray_bytes(cache.directory) == 0
     assert cache.missing_chunks(layout) == [1, 2]
     put(cache, layout, data, [1, 2])  # space is back: work resumes
     assert cache.read(layout, 0, len(data)) == data
@@ -508,12 +575,12 @@ def test_disk_full_on_fsync(cache, monkeypatch):
         with pytest.raises(CacheFullError):  # the streaming writer alike
             writer = cache.chunk_writer(layout, 0, memoryview(bytearray(data)))
             writer.commit(tree_hash(data))
-    assert value_files(cache.directory) == set()
+    assert stray_bytes(cache.directory) == 0
     assert cache.state(layout) == "absent"
 
 
 def test_index_full_after_the_file_is_written(cache, monkeypatch):
-    """SQLite hitting ENOSPC: the value file just written is removed, the index still works."""
+    """SQLite hitting ENOSPC: the bytes just written are punched out, the index still works."""
     data = make_data(2 * MIB)
     layout = ArchiveLayout("arch", len(data), MIB)
 
@@ -526,7 +593,7 @@ def test_index_full_after_the_file_is_written(cache, monkeypatch):
         m.setattr(cache._cache, "_row_insert", row_insert)
         with pytest.raises(CacheFullError):
             put(cache, layout, data, [0])
-    assert value_files(cache.directory) == set()
+    assert stray_bytes(cache.directory) == 0
     assert cache.state(layout) == "absent"
     put(cache, layout, data)
     assert cache.read(layout, 0, len(data)) == data
@@ -548,7 +615,7 @@ def test_index_full_while_evicting_to_make_room(tmp_path, monkeypatch):
         with pytest.raises(CacheFullError):
             put(c, layout, data, [2])
     assert c.missing_chunks(layout) == [2, 3]
-    assert value_files(c.directory) == indexed_files(c.directory)
+    assert stray_bytes(c.directory) == 0
     put(c, layout, data, [2, 3])
     assert c.read(layout, 2 * MIB, 2 * MIB) == data[2 * MIB:]
     c.close()
@@ -576,7 +643,7 @@ def test_real_disk_full_on_a_tiny_tmpfs(tiny_fs):
             put(c, layout, data, [i])
             stored.append(i)
     assert stored and len(stored) < 3
-    assert value_files(c.directory) == indexed_files(c.directory)
+    assert stray_bytes(c.directory) == 0
     assert [i for i in range(8) if c.has_chunk(layout, i)] == stored
     assert c.read(layout, 0, len(stored) * MIB) == data[:len(stored) * MIB]
     c.discard_archive("arch")  # space returns
@@ -627,8 +694,8 @@ def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypa
     proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(directory), where, how],
                           cwd=ROOT, capture_output=True)
     assert proc.returncode == 137, proc.stderr.decode()
-    orphans = value_files(directory) - indexed_files(directory)
-    assert len(orphans) == 1  # the interrupted write is on disk, unreferenced
+    orphans = stray_bytes(directory)
+    assert orphans > 0  # the interrupted write is on disk, listed by no row
 
     data = make_data(2 * MIB, seed=3)
     layout = ArchiveLayout("arch", len(data), MIB)
@@ -636,10 +703,10 @@ def test_kill_during_a_write_leaves_no_readable_partial_chunk(tmp_path, monkeypa
         assert c.missing_chunks(layout) == [1]
         with pytest.raises(NotCached):
             c.read(layout, MIB, 10)
-        assert value_files(directory) - indexed_files(directory) == orphans
-    monkeypatch.setattr(cache_mod, "ORPHAN_GRACE", 0.0)
+        assert stray_bytes(directory) == orphans
+    monkeypatch.setattr(recovery, "ORPHAN_GRACE", 0.0)
     with ChunkCache(directory, 64 * MIB) as c:  # old orphan: swept
-        assert value_files(directory) == indexed_files(directory)
+        assert stray_bytes(directory) == 0
         assert c.read(layout, 0, MIB) == data[:MIB]
         put(c, layout, data, [1])
         assert c.read(layout, 0, len(data)) == data
@@ -661,7 +728,7 @@ def test_directory_0700_and_files_0600(tmp_path):
                 p = Path(root, name)
                 modes[str(p.relative_to(directory))] = stat.S_IMODE(p.stat().st_mode)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert "cache.db" in modes and any(n.endswith(".val") for n in modes)
+    assert "cache.db" in modes and any(n.endswith(".arc") for n in modes)
     for name, mode in modes.items():
         assert mode == (0o700 if (directory / name).is_dir() else 0o600), (name, oct(mode))
 
@@ -711,7 +778,7 @@ def test_streaming_writer_stores_only_the_expected_bytes(cache):
     with pytest.raises(ChunkVerificationError):
         write_chunk(cache, other, data, 0, tree_hash(b"something else"))
     assert cache.state(other) == "absent"
-    assert value_files(cache.directory) == indexed_files(cache.directory)
+    assert stray_bytes(cache.directory) == 0
 
 
 def test_held_chunks_are_unreadable_until_the_whole_root_matches(cache):
@@ -740,7 +807,7 @@ def test_held_chunks_with_a_wrong_root_are_dropped(cache):
     with pytest.raises(ChunkVerificationError):
         cache.promote_held(layout, tree_hash(b"the inventory says otherwise"))
     assert cache.held_tree_hashes(layout) == {} and cache.state(layout) == "absent"
-    assert value_files(cache.directory) == set()
+    assert archive_files(cache.directory) == set()
 
 
 def test_held_chunks_can_be_evicted_like_any_other(tmp_path):
@@ -753,3 +820,42 @@ def test_held_chunks_can_be_evicted_like_any_other(tmp_path):
         assert c.volume() <= 3 * MIB
         with pytest.raises(NotCached):
             c.promote_held(layout, tree_hash(data))
+
+
+def test_chunks_that_finish_together_share_one_sync(tmp_path, monkeypatch):
+    """Writers of one archive committing while another's sync runs are made durable by one
+    fdatasync after it, and their rows commit together; each chunk is readable once committed."""
+    data = make_data(4 * MIB)
+    layout = ArchiveLayout("arch", len(data), MIB)
+    c = ChunkCache(tmp_path / "c", 64 * MIB)
+    group = c._group
+    path = c.archive_path(layout)
+    syncs: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        if not syncs:  # the first sync waits until the three others are queued behind it
+            deadline = time.monotonic() + 60
+            while len(group._queues.get(path, ())) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        syncs.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    errors: list[BaseException] = []
+
+    def store(index: int) -> None:
+        try:
+            write_chunk(c, layout, data, index, tree_hash(piece(layout, data, index)))
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(syncs) == 2  # the first chunk alone, then the three that queued behind it
+    assert c.read(layout, 0, len(data)) == data
+    c.close()
