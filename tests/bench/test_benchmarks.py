@@ -34,8 +34,8 @@ R = r"\d+\.\d+[x×]"                   # a ratio as the tables print it
 # For each benchmark, lines its result table must have (regular expressions, one line each).
 RESULT_LINES = {
     "treehash.py": [rf"^tree_hash vs hashlib\.sha256\s+\d+ MiB/s\s+\d+ MiB/s\s+{R}\s+>= 1\.5x"],
-    "read_cached.py": [rf"^cold sequential \(MiB/s\)\s+\d+\s+\d+ passthrough\s+{R}",
-                       rf"^warm reread \(MiB/s\)\s+\d+\s+\d+ chunk files\s+{R}",
+    "read_cached.py": [rf"^cold sequential \(MiB/s\).*\s+\d+\s+\d+ passthrough\s+{R}",
+                       rf"^warm reread \(MiB/s\)\s+\d+\s+\d+ cache file\s+{R}",
                        rf"^random 4 KiB \(reads/s\)\s+\d+\s+\d+ passthrough\s+{R}"],
     "download.py": [rf"^restore until cached vs get-job-output \+ tree hash \(MiB/s\)\s+\d+\s+"
                     rf"\d+ aws cli\s+{R}",
