@@ -234,7 +234,9 @@ def uploads_left(s3) -> list:
 def mount_files(root) -> dict[str, str]:
     """{path relative to root: archive id} of the files under a mount directory."""
     out = {}
-    for d, _, files in os.walk(root):
+    for d, subdirs, files in os.walk(root):
+        if ".by-id" in subdirs:
+            subdirs.remove(".by-id")    # every archive is already under its name
         for f in files:
             p = os.path.join(d, f)
             out[os.path.relpath(p, root)] = os.getxattr(p, "user.glacier.archive_id").decode()
@@ -463,3 +465,60 @@ def test_two_shards_on_two_machines_copy_each_archive_once(emulator, s3, mounts,
     assert f"{len(shares[0])} already in DEST" in again.stdout
     bad = glacierfs("copy", "-r", "--shard", "3/2", mnt2 / "sharded", f"s3://{BUCKET}/x")
     assert bad.returncode == 2 and "K <= N" in bad.stderr
+
+
+# --- the demo migrates too -------------------------------------------------------------------
+
+def test_the_demo_migrates_as_the_readme_shows(tmp_path):
+    import re
+    import shlex
+    import socket
+    from pathlib import Path
+
+    import boto3
+
+    from glacierfs.commands import demo
+    from glacierfs.sim.testing import DUMMY_KEY_ID, DUMMY_SECRET
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Into S3", 1)[1]
+    command = next(line for line in re.findall(r"```sh\n(.*?)```", section, re.S)[1]
+                   .splitlines() if line.startswith("glacierfs copy"))
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                continue
+    command = command.replace(demo.DEFAULT_MOUNT, str(mnt)).replace(
+        f":{demo.DEFAULT_PORT + 1}", f":{port + 1}")
+    try:
+        started = glacierfs("demo", "--mountpoint", mnt, "--data-dir", data, "--port", port,
+                            timeout=180)
+        assert started.returncode == 0, started.stderr
+        argv = shlex.split(command)
+        proc = glacierfs(*argv[1:])
+        assert proc.returncode == 0, proc.stderr
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port + 1}",
+                          aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET,
+                          region_name="us-east-1")
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=demo.DEMO_BUCKET,
+                                                    Prefix="migrated/")["Contents"]}
+        files = {f"migrated/photos/{rel}" for rel in mount_files(mnt / "photos")}
+        assert keys == files
+        for key in keys:
+            head = s3.head_object(Bucket=demo.DEMO_BUCKET, Key=key, ChecksumMode="ENABLED")
+            local = (mnt / key[len("migrated/"):]).read_bytes()
+            assert head["ChecksumCRC64NVME"] == crc64nvme_b64(local), key
+            assert head["StorageClass"] == "DEEP_ARCHIVE"
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        try:
+            os.kill(int((data / demo.PID_FILE).read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
