@@ -61,6 +61,7 @@ from glacierfs.commands.common import read_xattr
 from glacierfs.commands.copyplan import (DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item,
                                          PlanError, ReadFailed, WriteFailed, reserve, status_doc)
 from glacierfs.commands.copyreport import Progress, dry_run, summary
+from glacierfs.commands.copystream import Reader, WindowedReader
 from glacierfs.formatting import human
 
 TIERS = ("Expedited", "Standard", "Bulk")
@@ -87,17 +88,13 @@ class DestFull(Exception):
 
 # --- copying one file ---------------------------------------------------------------------
 
-def copy_file(item: Item, progress: Callable[[int], None]) -> None:
-    """Copy one cached file to its DEST through its temporary name; see the module docstring.
-    Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
+def copy_file(item: Item, src: Reader, progress: Callable[[int], None]) -> None:
+    """Copy one file, read from ``src``, to its DEST through its temporary name; see the module
+    docstring. Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
     tmp = item.temp
     hasher = treehash.TreeHasher()
     buf = bytearray(BLOCK)
     view = memoryview(buf)
-    try:
-        src = os.open(item.src, os.O_RDONLY)
-    except OSError as exc:
-        raise ReadFailed(f"open: {exc.strerror}") from None
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -105,10 +102,7 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             while True:
-                try:
-                    n = os.readv(src, [buf])
-                except OSError as exc:
-                    raise ReadFailed(f"read at byte {hasher.length}: {exc.strerror}") from None
+                n = src.readinto(buf)
                 if n == 0:
                     break
                 chunk = view[:n]
@@ -135,8 +129,6 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
         if isinstance(exc, OSError) and exc.errno in DEST_FULL:
             raise DestFull(f"{item.dest}: {exc.strerror}") from None
         raise
-    finally:
-        os.close(src)
     dirfd = os.open(item.dest.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
@@ -170,8 +162,13 @@ def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[t
     cache = doc.get("cache", {})
     limit = int(cache.get("limit") or 0) or sys.maxsize   # no limit reported: nothing to fit
     if item.size > limit:
-        return (f"!larger ({human(item.size)}) than the mount's cache "
-                f"({human(limit)}); remount with a larger cache_size")
+        if doc.get("limits", {}).get("retrieve") == "manual":
+            return (f"!larger ({human(item.size)}) than the mount's cache "
+                    f"({human(limit)}); remount with a larger cache_size, or with "
+                    "retrieve=auto to copy it window by window")
+        if ours.count:
+            return "waiting for our other files before copying a larger-than-cache archive"
+        return STREAM
     held = ours.held
     if "pinned" in cache:
         held = max(held, int(cache["pinned"]))
@@ -200,7 +197,8 @@ def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[t
 
 # --- the loop ---------------------------------------------------------------------------------
 
-Writer = Callable[[Item, Callable[[int], None]], None]
+Writer = Callable[[Item, Reader, Callable[[int], None]], None]
+STREAM = "=stream"   # blocked(): copy it now, window by window
 
 
 class Copier:
@@ -290,16 +288,29 @@ class Copier:
         def progress(n: int) -> None:
             self.progress.in_file += n
             self.progress.draw()
+        def waiting(text: str | None) -> None:
+            self.progress.waiting = text
+            self.progress.draw()
         while True:
             self.progress.in_file = 0
             try:
-                self.writer(item, progress)
+                if item.stream:
+                    limit = int(self.docs[item.mount].get("cache", {}).get("limit") or 0)
+                    src: Reader = WindowedReader(item, (limit - reserve(limit)) // 4, waiting)
+                else:
+                    src = Reader(item)
+                try:
+                    self.writer(item, src, progress)
+                finally:
+                    src.close()
             except ReadFailed as exc:
                 self.progress.in_file = 0
                 if item.retries >= MAX_RETRIES:
                     self.fail(item, f"could not be copied: {exc}")
                     return
                 item.retries += 1
+                if item.stream:
+                    continue   # read again: windows already retrieved are not paid again
                 self.refresh(item)
                 if item.cache == "cached":
                     continue
@@ -338,6 +349,12 @@ class Copier:
         for item in pending:
             tally = tallies[item.mount]
             why = blocked(item, self.docs[item.mount], tally)
+            if why == STREAM:   # alone, window by window (copystream), now
+                item.stream = True
+                item.state = REQUESTED
+                self.copy_one(item)
+                asked = True
+                break
             if why is None:
                 self.request(item)
                 if item.state == REQUESTED:
@@ -372,6 +389,7 @@ class Copier:
 def classify(items: list[Item]) -> None:
     """Initial states: verified in DEST → skipped; cached or already under way → requested
     (counted against the room at once); the rest pending, with whether it needs a new job."""
+    limits: dict[Path, int] = {}
     for item in items:
         if item.state in (SKIPPED, FAILED):
             continue   # decided by the S3 DEST already
@@ -379,6 +397,12 @@ def classify(items: list[Item]) -> None:
             item.state = SKIPPED
             with contextlib.suppress(OSError):
                 os.unlink(item.temp)   # a leftover of a killed run
+            continue
+        if item.mount not in limits:
+            limits[item.mount] = int(status_doc(item.mount).get("cache", {}).get("limit") or 0)
+        if item.size > (limits[item.mount] or item.size):
+            item.state = PENDING   # copied window by window (copystream), never restored whole
+            item.needs_job = item.cache != "cached"
         elif item.size == 0 or item.cache in ("cached", "partial") \
                 or item.job_status in ("InProgress", "Queued"):
             item.state = REQUESTED

@@ -102,6 +102,7 @@ class Item:
     vault: str = ""
     description: str = ""
     key: str | None = None     # the S3 key, for an S3 DEST
+    stream: bool = False       # larger than the cache: read window by window (copystream)
     record: dict[str, Any] = field(default_factory=dict)   # what DEST holds now (manifest)
 
     @property

@@ -35,6 +35,7 @@ from typing import IO, Any
 from glacierfs import treehash
 from glacierfs.aws import s3upload
 from glacierfs.commands.copyplan import FAILED, SKIPPED, Item, PlanError, ReadFailed, WriteFailed
+from glacierfs.commands.copystream import Reader
 
 log = logging.getLogger(__name__)
 
@@ -174,24 +175,18 @@ class S3Dest:
         return {"etag": info.etag.strip('"'), "version_id": info.version_id,
                 "checksum_crc64nvme": info.checksum, "storage_class": info.storage_class}
 
-    def copy(self, item: Item, progress: Callable[[int], None]) -> None:
-        """Copy one cached file into its object; see the module docstring. Raises ReadFailed
-        (the source's fault) or WriteFailed (S3's, or another object got there first)."""
+    def copy(self, item: Item, src: Reader, progress: Callable[[int], None]) -> None:
+        """Copy one file, read from ``src``, into its object; see the module docstring. Raises
+        ReadFailed (the source's fault) or WriteFailed (S3's, or another object got there
+        first)."""
         assert item.key is not None
         hasher = treehash.TreeHasher()
         buf = bytearray(BLOCK)
         view = memoryview(buf)
         try:
-            src = os.open(item.src, os.O_RDONLY)
-        except OSError as exc:
-            raise ReadFailed(f"open: {exc.strerror}") from None
-        try:
             up = self.s3.begin(item.key, item.size, metadata(item), self.storage_class)
             while True:
-                try:
-                    n = os.readv(src, [buf])
-                except OSError as exc:
-                    raise ReadFailed(f"read at byte {hasher.length}: {exc.strerror}") from None
+                n = src.readinto(buf)
                 if n == 0:
                     break
                 hasher.update(view[:n])
@@ -210,8 +205,6 @@ class S3Dest:
                               "the copy; left alone") from None
         except s3upload.S3Error as exc:
             raise WriteFailed(str(exc)) from None
-        finally:
-            os.close(src)
         if info.metadata.get(META_TREE_HASH) != item.tree_hash:
             raise WriteFailed(f"{self.url(item.key)}: S3 reports tree hash "
                               f"{info.metadata.get(META_TREE_HASH)} after the upload")
@@ -237,10 +230,12 @@ class S3Dest:
         return n
 
 
-def local_writer(copy_file: Callable[[Item, Callable[[int], None]], None],
-                 manifest: Manifest) -> Callable[[Item, Callable[[int], None]], None]:
+Writer = Callable[[Item, Reader, Callable[[int], None]], None]
+
+
+def local_writer(copy_file: Writer, manifest: Manifest) -> Writer:
     """The local copy with its manifest line."""
-    def write(item: Item, progress: Callable[[int], None]) -> None:
-        copy_file(item, progress)
+    def write(item: Item, src: Reader, progress: Callable[[int], None]) -> None:
+        copy_file(item, src, progress)
         manifest.add(item, "copied")
     return write

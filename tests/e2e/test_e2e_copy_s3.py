@@ -467,6 +467,28 @@ def test_two_shards_on_two_machines_copy_each_archive_once(emulator, s3, mounts,
     assert bad.returncode == 2 and "K <= N" in bad.stderr
 
 
+def test_an_archive_larger_than_the_cache_goes_window_by_window(emulator, s3, proxy, mounts):
+    rows = mixed_tree(7, big=20 * MIB + 333)
+    # 1-MiB windows in a 16-MiB cache: the copy asks for three or four windows ahead.
+    mnt, ids = upload_vault(emulator, mounts, "huge", rows, cache_size="16M", chunk_size="1M",
+                            range_size="1M")
+    src = mnt / "huge" / "photos"
+    sent_before = emulator.stats()["bytes_sent"]
+    proc = glacierfs("copy", "-r", src, f"s3://{BUCKET}/huge", "--s3-endpoint-url", proxy.url)
+    assert proc.returncode == 0, proc.stderr
+    check_objects(s3, "huge/photos", src, ids, "DEEP_ARCHIVE")
+    assert uploads_left(s3) == []
+    big = next(aid for aid, (path, _) in ids.items() if path.endswith("disk.img"))
+    windows = sorted(j["RetrievalByteRange"] for j in archive_jobs(emulator, "huge", big))
+    size = 20 * MIB + 333
+    assert windows == sorted(f"{k * MIB}-{min((k + 1) * MIB, size) - 1}"
+                             for k in range(21))     # each window once
+    one_job_each(emulator, "huge", {a: v for a, v in ids.items() if a != big})
+    total = sum(len(d) for _, _, d, _ in rows)
+    assert emulator.stats()["bytes_sent"] - sent_before <= 1.15 * total
+    assert proxy.seen["UploadPart"] >= 3
+
+
 # --- the demo migrates too -------------------------------------------------------------------
 
 def test_the_demo_migrates_as_the_readme_shows(tmp_path):
