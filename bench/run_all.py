@@ -15,6 +15,7 @@ BENCHMARKS = {
     "api_economy.py": ["--count", "200", "--rounds", "5"],
     "ranged.py": ["--size", "128M", "--repeat", "1"],
     "copy.py": ["--size", "256M", "--files", "16"],
+    "copy_s3.py": ["--size", "64M", "--files", "4"],
     "soak.py": ["--quick"],   # 10 minutes by default; --quick only checks it runs
 }
 

@@ -15,6 +15,7 @@ from glacierfs.commands.copyplan import (DONE, FAILED, REQUESTED, SKIPPED, Item,
 from glacierfs.formatting import duration, human
 
 PROGRESS_EVERY = 0.25             # seconds between progress redraws
+LOG_EVERY = 60.0                  # … and between progress lines when stderr is no terminal
 
 
 class Progress:
@@ -28,6 +29,7 @@ class Progress:
         self.in_file = 0           # of the file being copied now
         self.waiting: str | None = None
         self._drawn = 0.0
+        self._logged = time.monotonic()
         self._width = 0
 
     def total(self) -> tuple[int, int]:
@@ -53,9 +55,13 @@ class Progress:
         return text
 
     def draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
         now = time.monotonic()
+        if not self.enabled:
+            # Not a terminal (a batch job's log): the same line, once a minute.
+            if now - self._logged >= LOG_EVERY:
+                self._logged = now
+                print(self.line(), file=sys.stderr, flush=True)
+            return
         if not force and now - self._drawn < PROGRESS_EVERY:
             return
         self._drawn = now
