@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import signal
 import sys
@@ -60,7 +61,7 @@ from glacierfs.commands import copyplan, pricing, s3dest
 from glacierfs.commands.common import read_xattr
 from glacierfs.commands.copyplan import (DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item,
                                          PlanError, ReadFailed, WriteFailed, reserve, status_doc)
-from glacierfs.commands.copyreport import Progress, dry_run, summary
+from glacierfs.commands.copyreport import Progress, dry_run, summary, summary_doc
 from glacierfs.commands.copystream import Reader, WindowedReader
 from glacierfs.formatting import human
 
@@ -433,7 +434,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glacierfs copy",
         usage="glacierfs copy [-h] [-r] [--tier T] [--dry-run] [--storage-class CLASS] "
-              "[--shard K/N] [--manifest FILE] [--s3-endpoint-url URL] [--price-file FILE] "
+              "[--shard K/N] [--manifest FILE] [--s3-endpoint-url URL] [--price-file FILE] [--json] "
               "SRC... DEST",
         description="Copy files or trees out of a glacierfs mount into a local directory or "
                     "into S3 (DEST s3://BUCKET[/PREFIX]), like cp -r, through a cache of any "
@@ -460,6 +461,8 @@ def parser() -> argparse.ArgumentParser:
                         "every machine and run)")
     p.add_argument("--manifest", metavar="FILE",
                    help="write JSON Lines, one per archive copied or found done")
+    p.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object (for scripts)")
     p.add_argument("--s3-endpoint-url", metavar="URL",
                    help="S3 endpoint for an s3:// DEST (default: AWS_ENDPOINT_URL_S3, "
                         "AWS_ENDPOINT_URL, or AWS's)")
@@ -517,15 +520,25 @@ def cmd_copy(argv: list[str]) -> int:
         if args.dry_run:
             assert prices is not None
             return dry_run(items, args.tier, prices, storage_class if to_s3 else None)
-        return _run(items, dirs, args.tier, dest, manifest)
+        return _run(items, dirs, args.tier, dest, manifest, args.json)
     finally:
         manifest.close()
 
 
 def _run(items: list[Item], dirs: list[Path], tier: str | None, dest: s3dest.S3Dest | None,
-         manifest: s3dest.Manifest) -> int:
+         manifest: s3dest.Manifest, as_json: bool = False) -> int:
     progress = Progress(items, sys.stderr.isatty())
     writer = dest.copy if dest is not None else s3dest.local_writer(copy_file, manifest)
+
+    def report(outcome: str, code: int) -> int:
+        progress.clear()
+        if as_json:
+            print(json.dumps(summary_doc(items, progress, outcome), ensure_ascii=False))
+        elif outcome == "interrupted":
+            print(summary(items, progress, interrupted=True), file=sys.stderr)
+        else:
+            print(summary(items, progress, interrupted=False))
+        return code
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for d in dirs:
@@ -535,25 +548,21 @@ def _run(items: list[Item], dirs: list[Path], tier: str | None, dest: s3dest.S3D
                 progress.say(f"glacierfs copy: {item.src}: {item.error}")
         Copier(items, tier, progress, writer).run()
     except KeyboardInterrupt:
-        progress.clear()
-        print(summary(items, progress, interrupted=True), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report("interrupted", EXIT_INTERRUPTED)
     except DestFull as exc:
         progress.clear()
         print(f"glacierfs copy: stopped: {exc}", file=sys.stderr)
-        print(summary(items, progress, interrupted=False))
-        return EXIT_FAILED
+        return report("stopped", EXIT_FAILED)
     except OSError as exc:
         progress.clear()
         print(f"glacierfs copy: stopped: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return report("stopped", EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    progress.clear()
     if dest is not None:
         dest.cleanup(items)
     failed = [i for i in items if i.state == FAILED]
-    print(summary(items, progress, interrupted=False))
+    code = report("failed" if failed else "done", EXIT_FAILED if failed else EXIT_OK)
     for item in failed:
         print(f"glacierfs copy: failed: {item.src}: {item.error}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    return code

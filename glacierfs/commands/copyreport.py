@@ -173,3 +173,17 @@ def summary(items: list[Item], progress: Counted, interrupted: bool) -> str:
     rate = progress.copied_bytes / elapsed if elapsed > 0 else 0
     return (f"copied {len(done)} files ({human(progress.copied_bytes)}) in {duration(elapsed)}"
             f" ({human(rate)}/s); {len(skipped)} already up to date; {len(failed)} failed")
+
+
+def summary_doc(items: list[Item], progress: Counted, outcome: str) -> dict:  # type: ignore[type-arg]
+    """``--json``: the summary for scripts (``outcome``: done, failed, interrupted, stopped)."""
+    def count(state: str) -> tuple[int, int]:
+        chosen = [i for i in items if i.state == state]
+        return len(chosen), sum(i.size for i in chosen)
+    elapsed = time.monotonic() - progress.started
+    return {"outcome": outcome, "files": len(items), "bytes": sum(i.size for i in items),
+            "copied": count(DONE)[0], "copied_bytes": progress.copied_bytes,
+            "up_to_date": count(SKIPPED)[0], "failed": count(FAILED)[0],
+            "seconds": round(elapsed, 3),
+            "failures": [{"src": str(i.src), "dest": i.where, "error": i.error}
+                         for i in items if i.state == FAILED]}

@@ -370,9 +370,14 @@ def test_foreign_object_is_left_alone(emulator, s3, mounts):
     rel = sorted(mount_files(src))[0]
     key = f"foreign/photos/{rel}"
     s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"somebody else's data")
-    proc = glacierfs("copy", "-r", src, f"s3://{BUCKET}/foreign", "--s3-endpoint-url", s3.url)
+    proc = glacierfs("copy", "-r", "--json", src, f"s3://{BUCKET}/foreign",
+                     "--s3-endpoint-url", s3.url)
     assert proc.returncode == 1, proc.stderr
     assert key in proc.stderr and "left alone" in proc.stderr
+    doc = json.loads(proc.stdout.splitlines()[-1])
+    assert doc["outcome"] == "failed" and doc["failed"] == 1
+    assert doc["copied"] == len(rows) - 1
+    assert doc["failures"][0]["dest"] == key and "left alone" in doc["failures"][0]["error"]
     assert body(s3, key) == b"somebody else's data"
     aid = mount_files(src)[rel]
     assert archive_jobs(emulator, "foreign", aid) == []     # not even retrieved
