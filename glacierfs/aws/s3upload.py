@@ -261,7 +261,7 @@ class ObjectUpload:
         keep = None
         for u in reversed(ups):   # the newest one of ours that fits
             if keep is None and u.get("StorageClass", "STANDARD") == self.storage_class \
-                    and u.get("ChecksumAlgorithm") in ("CRC64NVME", None):
+                    and u.get("ChecksumAlgorithm") == "CRC64NVME":
                 keep = u
         for u in ups:
             if u is not keep:

@@ -1,5 +1,6 @@
-"""``glacierfs copy [-r] [--tier T] [--dry-run] SRC... DEST``: bring files or whole trees out of
-a glacierfs mount into a local directory, through a cache of any size, resumably, verified.
+"""``glacierfs copy [-r] [--tier T] [--dry-run] [--storage-class CLASS] [--shard K/N]
+[--manifest FILE] SRC... DEST``: bring files or whole trees out of a glacierfs mount into a
+local directory or into S3 (``s3dest``), through a cache of any size, resumably, verified.
 
 Runs in the user's process and talks to the mount only through the filesystem: the root's
 ``user.glacier.status`` (cache limit and use, ``max_jobs``, budget, jobs in flight), each file's
@@ -27,7 +28,9 @@ tenth of the oldest request's wait, at most ``POLL_MAX``:
      already copied, since each file is copied within a round of arriving (one evicted anyway
      is requested again, from the same job). A file larger than the room is requested alone,
      once nothing else of ours is outstanding; one larger than the cache fails, with no job.
-Files are never read before their cache state is ``cached``; a read or verification error is
+A file larger than the whole cache is copied alone, window by window, through the mount's ranged
+retrievals (``copystream``), once nothing else of ours is outstanding on its mount.
+Files are never read before their cache state is ``cached`` (but for those); a read or verification error is
 retried once after re-checking the cache (an evicted file is requested again: no new job while
 its job's output lasts), then reported as failed; failures never stop the rest.
 

@@ -140,11 +140,9 @@ class S3Dest:
 
     def check(self, items: list[Item]) -> None:
         """Mark items already in S3 (skipped) and keys held by other objects (failed)."""
-        keys = [i.key or "" for i in items]
-        if not keys:
-            return
+        keys = [i.key or "" for i in items if key_problem(i.key or "") is None]
         try:
-            present = self.s3.listing(os.path.commonprefix(keys))
+            present = self.s3.listing(os.path.commonprefix(keys)) if keys else {}
             for item in items:
                 assert item.key is not None
                 why = key_problem(item.key)
@@ -216,12 +214,12 @@ class S3Dest:
     def cleanup(self, items: list[Item]) -> int:
         """Abort the unfinished uploads at our keys (a run that ended, whatever its outcome,
         leaves none behind); how many there were."""
-        keys = {i.key for i in items}
+        keys = {i.key for i in items if i.key is not None and key_problem(i.key) is None}
         if not keys:
             return 0
         n = 0
         try:
-            for u in self.s3.all_uploads(os.path.commonprefix(sorted(keys))):  # type: ignore
+            for u in self.s3.all_uploads(os.path.commonprefix(sorted(keys))):
                 if u.get("Key") in keys:
                     self.s3.abort(u["Key"], u["UploadId"])
                     n += 1
