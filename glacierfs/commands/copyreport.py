@@ -12,6 +12,7 @@ from typing import Protocol
 from glacierfs.commands import pricing
 from glacierfs.commands.copyplan import (DONE, FAILED, REQUESTED, SKIPPED, Item, reserve,
                                          status_doc)
+from glacierfs.commands.copystream import DEFAULT_WINDOW
 from glacierfs.formatting import duration, human
 
 PROGRESS_EVERY = 0.25             # seconds between progress redraws
@@ -113,9 +114,14 @@ def dry_run(items: list[Item], tier: str | None, prices: dict,  # type: ignore[t
             what = "in progress"
         elif item.needs_job:
             t = tier or str(docs[item.mount].get("limits", {}).get("tier") or "Standard")
-            what = f"new {t} job"
+            count = 1
+            if item.size > int(docs[item.mount].get("cache", {}).get("limit") or item.size):
+                count = -(-item.size // DEFAULT_WINDOW)   # copied window by window
+                what = f"about {count} new {t} jobs, window by window (larger than the cache)"
+            else:
+                what = f"new {t} job"
             n, b = jobs.get(t, (0, 0))
-            jobs[t] = (n + 1, b + item.size)
+            jobs[t] = (n + count, b + item.size)
         else:
             what = "download (job done)"
         key = what if what in counts else "refused" if item.state == FAILED else "download"

@@ -478,6 +478,11 @@ def test_an_archive_larger_than_the_cache_goes_window_by_window(emulator, s3, pr
     mnt, ids = upload_vault(emulator, mounts, "huge", rows, cache_size="16M", chunk_size="1M",
                             range_size="1M")
     src = mnt / "huge" / "photos"
+    dry = glacierfs("copy", "-r", "--dry-run", src, f"s3://{BUCKET}/huge",
+                    "--s3-endpoint-url", proxy.url)
+    assert dry.returncode == 0, dry.stderr
+    assert "window by window" in dry.stdout
+    assert all(archive_jobs(emulator, "huge", aid) == [] for aid in ids)
     sent_before = emulator.stats()["bytes_sent"]
     proc = glacierfs("copy", "-r", src, f"s3://{BUCKET}/huge", "--s3-endpoint-url", proxy.url)
     assert proc.returncode == 0, proc.stderr
