@@ -60,15 +60,15 @@ from pathlib import Path
 
 from glacierfs import treehash
 from glacierfs.aws import s3upload
-from glacierfs.commands import copyplan, pricing, s3dest
+from glacierfs.commands import copyplan, glaciersrc, pricing, s3dest
 from glacierfs.commands.common import read_xattr
 from glacierfs.commands.copyplan import (DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item,
                                          PlanError, ReadFailed, WriteFailed, reserve, status_doc)
+from glacierfs.commands.copyargs import TIERS, parser  # noqa: F401 (TIERS: tests)
 from glacierfs.commands.copyreport import Progress, dry_run, summary, summary_doc
 from glacierfs.commands.copystream import Reader, WindowedReader
 from glacierfs.formatting import human
 
-TIERS = ("Expedited", "Standard", "Bulk")
 BLOCK = 4 * treehash.MIB          # read size: four tree-hash leaves, hashed in parallel
 POLL_MIN = 0.2                    # seconds between rounds while something moves
 POLL_MAX = 10.0                   # … and at most this long while jobs run (hours on AWS)
@@ -242,7 +242,10 @@ class Copier:
         if item.job_status == "Failed":
             item.stale_job_id = read_xattr(item.src, "user.glacier.job.id")
         try:
-            os.setxattr(item.src, "user.glacier.restore", tier.encode())
+            if hasattr(item.src, "restore"):   # an in-process source (glaciersrc)
+                item.src.restore(tier)
+            else:
+                os.setxattr(item.src, "user.glacier.restore", tier.encode())
         except OSError as exc:
             self.fail(item, f"cannot request the retrieval: {exc.strerror}")
             return
@@ -421,66 +424,33 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def shard(text: str) -> tuple[int, int]:
-    """An argparse type for --shard K/N."""
-    k, _, n = text.partition("/")
-    try:
-        kk, nn = int(k), int(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 2/8") from None
-    if not 1 <= kk <= nn:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 <= K <= N")
-    return kk, nn
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="glacierfs copy",
-        usage="glacierfs copy [-h] [-r] [--tier T] [--dry-run] [--storage-class CLASS] "
-              "[--shard K/N] [--manifest FILE] [--s3-endpoint-url URL] [--price-file FILE] [--json] "
-              "SRC... DEST",
-        description="Copy files or trees out of a glacierfs mount into a local directory or "
-                    "into S3 (DEST s3://BUCKET[/PREFIX]), like cp -r, through a cache of any "
-                    "size: retrievals are requested in batches that fit the cache, each file "
-                    "is copied as soon as it is cached and verified against its tree hash. "
-                    "Run it again to resume.")
-    p.add_argument("paths", nargs="+", metavar="SRC... DEST",
-                   help="files or directories on a glacierfs mount, then where to copy them "
-                        "(a local path or s3://BUCKET[/PREFIX])")
-    p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
-    p.add_argument("--tier", choices=TIERS, metavar="T",
-                   help="tier of new jobs: Expedited, Standard or Bulk (default: the mount's)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="start nothing; show files, bytes, jobs and an estimated cost")
-    p.add_argument("--price-file", metavar="FILE", help="JSON overriding the built-in price "
-                   f"table (also ${pricing.PRICE_FILE_ENV})")
-    p.add_argument("--storage-class", metavar="CLASS", type=str.upper,
-                   choices=s3upload.STORAGE_CLASSES,
-                   help=f"S3 storage class of the objects (default: "
-                        f"{s3upload.DEFAULT_STORAGE_CLASS}); any of "
-                        + ", ".join(s3upload.STORAGE_CLASSES))
-    p.add_argument("--shard", type=shard, metavar="K/N",
-                   help="copy only share K of N of the archives (by archive id: the same on "
-                        "every machine and run)")
-    p.add_argument("--manifest", metavar="FILE",
-                   help="write JSON Lines, one per archive copied or found done")
-    p.add_argument("--json", action="store_true",
-                   help="print the final summary as one JSON object (for scripts)")
-    p.add_argument("--s3-endpoint-url", metavar="URL",
-                   help="S3 endpoint for an s3:// DEST (default: AWS_ENDPOINT_URL_S3, "
-                        "AWS_ENDPOINT_URL, or AWS's)")
-    return p
-
-
 def cmd_copy(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     if len(args.paths) < 2:
         p.error("give at least one SRC and a DEST")
+    try:
+        engine, sources = glaciersrc.open_sources(args.paths[:-1], args.options)
+    except PlanError as exc:
+        print(f"glacierfs copy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        return _copy(args, sources)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _copy(args: argparse.Namespace, sources: list) -> int:  # type: ignore[type-arg]
     dest_text = args.paths[-1]
     to_s3 = s3dest.is_s3(dest_text)
     if not to_s3 and (args.storage_class or args.s3_endpoint_url):
-        p.error("--storage-class and --s3-endpoint-url need an s3:// DEST")
+        print("glacierfs copy: --storage-class and --s3-endpoint-url need an s3:// DEST",
+              file=sys.stderr)
+        return EXIT_USAGE
     storage_class = args.storage_class or s3upload.DEFAULT_STORAGE_CLASS
     manifest: s3dest.Manifest | None = None
     dest: s3dest.S3Dest | None = None
@@ -489,11 +459,11 @@ def cmd_copy(argv: list[str]) -> int:
             else None
         manifest = s3dest.Manifest(None if args.dry_run else args.manifest)
         if to_s3:
-            items = copyplan.build_keys(args.paths[:-1], s3dest.parse_dest(dest_text)[1],
+            items = copyplan.build_keys(sources, s3dest.parse_dest(dest_text)[1],
                                         args.recursive)
             dirs: list[Path] = []
         else:
-            items, dirs = copyplan.build(args.paths[:-1], dest_text, args.recursive)
+            items, dirs = copyplan.build(sources, dest_text, args.recursive)
         if args.shard:
             k, n = args.shard
             items = [i for i in items if copyplan.in_shard(i.archive_id, k, n)]

@@ -129,7 +129,7 @@ def _item(src: Path, dest: Path, mount: Path) -> Item:
     tree_hash = read_xattr(src, "user.glacier.tree_hash")
     if size is None or tree_hash is None:
         raise PlanError(f"{src}: not a file on a glacierfs mount")
-    st = os.stat(src)
+    st = src.stat() if hasattr(src, "walk") else os.stat(src)
     cache = read_xattr(src, "user.glacier.cache") or "absent"
     job = read_xattr(src, "user.glacier.job.status")
     return Item(src=src, dest=dest, mount=mount, size=int(size), mtime_ns=st.st_mtime_ns,
@@ -141,8 +141,9 @@ def _item(src: Path, dest: Path, mount: Path) -> Item:
 
 def _walk(src: Path, dest: Any, mount: Path, items: list[Item], dirs: list[Any]) -> None:
     dirs.append(dest)
-    for root, subdirs, files in os.walk(src):
-        rootp = Path(root)
+    in_process = hasattr(src, "walk")   # an in-process source (glaciersrc)
+    for root, subdirs, files in (src.walk() if in_process else os.walk(src)):
+        rootp = root if in_process else Path(root)
         if read_xattr(rootp, VAULT_XATTR) is not None:
             if read_xattr(rootp, "user.glacier.inventory.date") is None:
                 # The vault lists as empty until its inventory is in: copying "nothing" and
@@ -161,15 +162,28 @@ def _walk(src: Path, dest: Any, mount: Path, items: list[Item], dirs: list[Any])
             items.append(_item(rootp / name, dest / rel / name, mount))
 
 
+def _name(src: Any) -> str:
+    return str(src.name) if hasattr(src, "walk") else Path(os.path.abspath(src)).name
+
+
 def resolve_sources(sources: list[str], recursive: bool, live: list[Path]
                     ) -> list[tuple[Path, os.stat_result, Path]]:
     """Each SRC with its stat and its live glacierfs mount; PlanError for any other."""
     mounts: dict[Path, bool] = {}
     out = []
     for text in sources:
+        if hasattr(text, "walk"):   # an in-process source (glaciersrc.GlacierPath)
+            try:
+                st = text.stat()  # type: ignore[attr-defined]
+            except FileNotFoundError:
+                raise PlanError(f"{text}: no such file or directory") from None
+            if stat.S_ISDIR(st.st_mode) and not recursive:
+                raise PlanError(f"{text} is a directory (use -r)")
+            out.append((text, st, text.engine.root()))  # type: ignore[attr-defined]
+            continue
         if "://" in text:
             raise PlanError(f"{text}: a SRC must be a path on a glacierfs mount "
-                            "(glacier:// sources are not supported by this version)")
+                            "or glacier://[ACCOUNT@]REGION/VAULT[/PATH]")
         src = Path(text)
         try:
             st = os.stat(src)
@@ -195,7 +209,7 @@ def build_keys(sources: list[str], prefix: str, recursive: bool) -> list[Item]:
     items: list[Item] = []
     dirs: list[Any] = []
     for src, st, mount in resolve_sources(sources, recursive, glacierfs_mounts()):
-        name = Path(os.path.abspath(src)).name
+        name = _name(src)
         if stat.S_ISDIR(st.st_mode):
             _walk(src, base / name, mount, items, dirs)
         else:
@@ -227,7 +241,7 @@ def build(sources: list[str], dest_text: str, recursive: bool) -> tuple[list[Ite
     items: list[Item] = []
     dirs: list[Path] = []
     for src, st, mount in resolve_sources(sources, recursive, live):
-        name = Path(os.path.abspath(src)).name
+        name = _name(src)
         if stat.S_ISDIR(st.st_mode):
             if dest.exists() and not dest.is_dir():
                 raise PlanError(f"target {dest} is not a directory")

@@ -45,22 +45,34 @@ class Reader:
     """The bytes of a cached file, in order."""
 
     def __init__(self, item: Item) -> None:
-        try:
-            self.fd = os.open(item.src, os.O_RDONLY)
-        except OSError as exc:
-            raise ReadFailed(f"open: {exc.strerror}") from None
+        self.src = item.src
+        self.fd = -1
+        if not hasattr(item.src, "pread"):   # else an in-process source (glaciersrc)
+            try:
+                self.fd = os.open(item.src, os.O_RDONLY)
+            except OSError as exc:
+                raise ReadFailed(f"open: {exc.strerror}") from None
         self.offset = 0
+
+    def _preadinto(self, buf: bytearray, offset: int) -> int:
+        """Bytes at ``offset`` into ``buf``; OSError as the mount answers."""
+        if self.fd < 0:
+            data = self.src.pread(len(buf), offset)  # type: ignore[attr-defined]
+            buf[:len(data)] = data
+            return len(data)
+        return os.preadv(self.fd, [buf], offset)
 
     def readinto(self, buf: bytearray) -> int:
         try:
-            n = os.readv(self.fd, [buf])
+            n = self._preadinto(buf, self.offset)
         except OSError as exc:
             raise ReadFailed(f"read at byte {self.offset}: {exc.strerror}") from None
         self.offset += n
         return n
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 class WindowedReader(Reader):
@@ -97,7 +109,7 @@ class WindowedReader(Reader):
                    (self.item.size - 1) // w)
         for k in range(max(first, self.touched + 1), last + 1):
             try:
-                os.pread(self.fd, 1, k * w)
+                self._preadinto(bytearray(1), k * w)
             except OSError as exc:
                 if exc.errno not in (errno.EREMOTE, errno.EAGAIN):
                     break
@@ -107,7 +119,7 @@ class WindowedReader(Reader):
         delay = POLL_MIN
         while True:
             try:
-                n = os.preadv(self.fd, [buf], self.offset)
+                n = self._preadinto(buf, self.offset)
             except OSError as exc:
                 if exc.errno not in (errno.EREMOTE, errno.EAGAIN):
                     raise ReadFailed(f"read at byte {self.offset}: {exc.strerror}") from None

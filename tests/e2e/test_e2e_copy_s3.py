@@ -499,6 +499,57 @@ def test_an_archive_larger_than_the_cache_goes_window_by_window(emulator, s3, pr
     assert proxy.seen["UploadPart"] >= 3
 
 
+# --- no FUSE: glacier:// sources ----------------------------------------------------------------
+
+def test_glacier_source_without_a_mount_to_s3_and_to_a_folder(emulator, s3, mounts, tmp_path):
+    rows = mixed_tree(8, big=9 * MIB)
+    client = emulator.client()
+    client.create_vault(vaultName="nofuse")
+    ids = {}
+    for path, description, data, _ in rows:
+        ids[client.upload_archive(vaultName="nofuse", body=data,
+                                  archiveDescription=description)["archiveId"]] = (path, data)
+    state = tmp_path / "state"
+    opts = f"endpoint_url={emulator.url},cache_dir={state},poll=1,cache_size=64M"
+    src = "glacier://us-east-1/nofuse/photos"
+    proc = glacierfs("copy", "-r", src, f"s3://{BUCKET}/nofuse", "-o", opts,
+                     "--s3-endpoint-url", s3.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    found = objects(s3, "nofuse/photos")
+    assert len(found) == len(rows)
+    by_id = {h["Metadata"]["glacier-archive-id"]: (k, h) for k, h in found.items()}
+    assert sorted(by_id) == sorted(ids)
+    for aid, (key, head) in by_id.items():
+        path, data = ids[aid]
+        if not path.endswith("dup.txt"):
+            assert key == f"nofuse/{path}"
+        assert head["ChecksumCRC64NVME"] == crc64nvme_b64(data)
+        assert body(s3, key) == data
+    one_job_each(emulator, "nofuse", ids)
+    assert uploads_left(s3) == []
+
+    # The same source into a folder: the cache still holds it, so no job, no download.
+    before = counters(emulator)
+    dest = tmp_path / "out"
+    proc = glacierfs("copy", "-r", src, dest, "-o", opts)
+    assert proc.returncode == 0, proc.stderr
+    for aid, (key, head) in by_id.items():
+        local = dest / key[len("nofuse/"):]
+        assert local.read_bytes() == ids[aid][1]
+        assert int(local.stat().st_mtime) == int(head["Metadata"]["mtime"])
+    assert counters(emulator)[0] == before[0]
+    one_job_each(emulator, "nofuse", ids)
+
+    # One user of a state directory at a time: a mount holds it, the copy says so.
+    mounts(emulator.url, "holder", cache_dir=state, vaults="nofuse")
+    busy = glacierfs("copy", "-r", src, tmp_path / "again", "-o", opts)
+    assert busy.returncode == 2 and "in use" in busy.stderr, busy.stderr
+    bad = glacierfs("copy", "-r", "glacier://us-east-1", tmp_path / "x", "-o", opts)
+    assert bad.returncode == 2 and "glacier://[ACCOUNT@]REGION/VAULT" in bad.stderr
+    assert "Traceback" not in busy.stderr + bad.stderr
+
+
 # --- the demo migrates too -------------------------------------------------------------------
 
 def test_the_demo_migrates_as_the_readme_shows(tmp_path):
