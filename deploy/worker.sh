@@ -1,10 +1,11 @@
 #!/bin/sh
-# One shard of a migration: mount the vault, copy this worker's share of its archives into S3,
-# unmount. Settings from the environment:
+# One shard of a migration: copy this worker's share of a vault's archives into S3, with the
+# catalog, jobs and cache inside the copy process (SRC glacier://REGION/VAULT: no FUSE, no
+# privileges). Settings from the environment:
 #   VAULT, DEST (s3://BUCKET[/PREFIX]), SHARDS (N, the number of workers)   required
 #   SHARD (K/N)     default: from AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX (0-based) + 1
 #   AWS_REGION      default us-east-1
-#   CACHE_DIR, CACHE_SIZE, TIER, BUDGET, MAX_JOBS, STORAGE_CLASS   the mount's and copy's settings
+#   CACHE_DIR, CACHE_SIZE, TIER, BUDGET, MAX_JOBS, STORAGE_CLASS   the cache's and copy's settings
 #   MANIFEST        default $CACHE_DIR/manifest-K-of-N.jsonl; MANIFEST_DEST: an s3:// folder
 #                   it is uploaded to when the copy ends
 # Exit status: the copy's (0 only when every archive of the shard is in S3, verified).
@@ -16,26 +17,16 @@ index="${AWS_BATCH_JOB_ARRAY_INDEX:-${JOB_COMPLETION_INDEX:-0}}"
 SHARD="${SHARD:-$((index + 1))/$SHARDS}"
 region="${AWS_REGION:-us-east-1}"
 cache_dir="${CACHE_DIR:-/var/cache/glacierfs}"
-mnt=/mnt/glacier
 k="${SHARD%/*}"
 manifest="${MANIFEST:-$cache_dir/manifest-$k-of-$SHARDS.jsonl}"
-opts="vaults=$VAULT,cache_dir=$cache_dir,cache_size=${CACHE_SIZE:-50G},tier=${TIER:-Bulk}"
+opts="cache_dir=$cache_dir,cache_size=${CACHE_SIZE:-50G},tier=${TIER:-Bulk}"
 [ -n "${BUDGET:-}" ] && opts="$opts,budget=$BUDGET"
 [ -n "${MAX_JOBS:-}" ] && opts="$opts,max_jobs=$MAX_JOBS"
-mkdir -p "$mnt" "$cache_dir"
-glacierfs "$region" "$mnt" -o "$opts"
-trap 'fusermount3 -u "$mnt" || fusermount3 -uz "$mnt"' EXIT
-# A vault lists once its inventory is in (hours for a new one): copy exits 2 until then.
-tries=0
-while :; do
-    rc=0
-    glacierfs copy -r --shard "$SHARD" --storage-class "${STORAGE_CLASS:-DEEP_ARCHIVE}" \
-        --manifest "$manifest" "$mnt/$VAULT" "$DEST" || rc=$?
-    if [ "$rc" -eq 2 ] && [ "$tries" -lt 48 ] && [ -z "$(ls -A "$mnt/$VAULT" 2>/dev/null)" ]; then
-        tries=$((tries + 1)); sleep 900; continue
-    fi
-    break
-done
+mkdir -p "$cache_dir"
+# The vault's inventory is waited for (hours for a new one); the copy then runs its shard.
+rc=0
+glacierfs copy -r --shard "$SHARD" --storage-class "${STORAGE_CLASS:-DEEP_ARCHIVE}" \
+    --manifest "$manifest" -o "$opts" "glacier://$region/$VAULT" "$DEST" || rc=$?
 if [ -n "${MANIFEST_DEST:-}" ] && [ -s "$manifest" ]; then
     python3 - "$manifest" "$MANIFEST_DEST" <<'PY' || rc=1
 import sys, boto3

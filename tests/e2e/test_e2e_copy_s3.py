@@ -565,8 +565,9 @@ def test_the_demo_migrates_as_the_readme_shows(tmp_path):
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Into S3", 1)[1]
-    command = next(line for line in re.findall(r"```sh\n(.*?)```", section, re.S)[1]
-                   .splitlines() if line.startswith("glacierfs copy"))
+    commands = [line for line in re.findall(r"```sh\n(.*?)```", section, re.S)[1]
+                .splitlines() if line.startswith("glacierfs copy")]
+    assert len(commands) == 2 and "glacier://" in commands[1]   # with and without the mount
     mnt, data = tmp_path / "mnt", tmp_path / "data"
     for _ in range(50):
         with socket.socket() as a, socket.socket() as b:
@@ -577,15 +578,18 @@ def test_the_demo_migrates_as_the_readme_shows(tmp_path):
                 break
             except OSError:
                 continue
-    command = command.replace(demo.DEFAULT_MOUNT, str(mnt)).replace(
-        f":{demo.DEFAULT_PORT + 1}", f":{port + 1}")
+    commands = [c.replace(demo.DEFAULT_MOUNT, str(mnt))
+                .replace(f":{demo.DEFAULT_PORT + 1}", f":{port + 1}")
+                .replace(f":{demo.DEFAULT_PORT}", f":{port}")
+                .replace("cache_dir=/tmp/glacierfs-nofuse", f"cache_dir={tmp_path / 'nofuse'}")
+                for c in commands]
     try:
         started = glacierfs("demo", "--mountpoint", mnt, "--data-dir", data, "--port", port,
                             timeout=180)
         assert started.returncode == 0, started.stderr
-        argv = shlex.split(command)
-        proc = glacierfs(*argv[1:])
-        assert proc.returncode == 0, proc.stderr
+        for command in commands:
+            proc = glacierfs(*shlex.split(command)[1:])
+            assert proc.returncode == 0, (command, proc.stderr)
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port + 1}",
                           aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET,
                           region_name="us-east-1")
@@ -598,6 +602,11 @@ def test_the_demo_migrates_as_the_readme_shows(tmp_path):
             local = (mnt / key[len("migrated/"):]).read_bytes()
             assert head["ChecksumCRC64NVME"] == crc64nvme_b64(local), key
             assert head["StorageClass"] == "DEEP_ARCHIVE"
+            # The same object, copied without the mount (glacier://photos: keys photos/...).
+            other = s3.head_object(Bucket=demo.DEMO_BUCKET, ChecksumMode="ENABLED",
+                                   Key="migrated-nofuse/" + key[len("migrated/"):])
+            assert other["ChecksumCRC64NVME"] == head["ChecksumCRC64NVME"]
+            assert other["Metadata"] == head["Metadata"]
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
