@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 SCHEME = "glacier://"
 API_THREADS = 12             # boto3 calls at once, as a mount
 START_TIMEOUT = 120.0        # seconds for the engine to list the vault
+# Bytes per read, at most: what the kernel asks of a mount (its readahead). A larger read would
+# ask for every window it spans at once, more than a small cache holds.
+READ_SIZE = 1024 * 1024
 _ERRNO = {NotReady: errno.EREMOTE, NotRequested: errno.ENODATA, RetrievalFailed: errno.EIO,
           CacheFull: errno.ENOSPC}
 _SOURCE = re.compile(r"^glacier://(?P<source>[^/]+)/(?P<vault>[^/]+)(?:/(?P<path>.*))?$")
@@ -161,10 +164,20 @@ class Engine:
         self._thread.join(60)
 
     def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise self._stopped() from None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise self._stopped() from None
+
+    def _stopped(self) -> OSError:
+        """The loop ended under the copy (an internal error, logged): the copy stops."""
+        return OSError(errno.EIO, f"the in-process engine stopped ({self._error or 'see the log'})")
 
     # -- the tree
     def entry(self, rel: str) -> Entry | None:
@@ -283,7 +296,7 @@ class GlacierPath:
     def pread(self, size: int, offset: int) -> bytes:
         """Verified bytes, or OSError with the errno the mount would answer."""
         entry = self.entry()
-        size = max(0, min(size, entry.size - offset))
+        size = max(0, min(size, READ_SIZE, entry.size - offset))
         if size == 0:
             return b""
 

@@ -541,6 +541,14 @@ def test_glacier_source_without_a_mount_to_s3_and_to_a_folder(emulator, s3, moun
     assert counters(emulator)[0] == before[0]
     one_job_each(emulator, "nofuse", ids)
 
+    # Through a cache smaller than the big archive: window by window, in process too.
+    small = f"endpoint_url={emulator.url},cache_dir={tmp_path / 'small'},poll=1," \
+            "cache_size=4M,chunk_size=1M,range_size=1M"
+    proc = glacierfs("copy", "-r", src, tmp_path / "windows", "-o", small)
+    assert proc.returncode == 0, proc.stderr
+    for aid, (key, _) in by_id.items():
+        assert (tmp_path / "windows" / key[len("nofuse/"):]).read_bytes() == ids[aid][1]
+
     # One user of a state directory at a time: a mount holds it, the copy says so.
     mounts(emulator.url, "holder", cache_dir=state, vaults="nofuse")
     busy = glacierfs("copy", "-r", src, tmp_path / "again", "-o", opts)
