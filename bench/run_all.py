@@ -36,6 +36,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "copy_tree.py": (["--size", "256M", "--files", "16"],
                      ["--size", "32M", "--files", "16", "--chunk-size", "1M",
                       "--job-delay", "0.2"]),
+    "copy_s3.py": (["--size", "64M", "--files", "4"],
+                   ["--size", "8M", "--files", "2", "--bandwidth", "16M"]),
     "notify.py": (["--repeat", "1", "--poll", "10"],
                   ["--repeat", "1", "--poll", "3"]),
     "soak.py": (["--quick"],   # 10 minutes by default; --quick: 60 s

@@ -18,7 +18,10 @@ class CommandError(Exception):
 
 
 def read_xattr(path: Path | str, name: str) -> str | None:
-    """The attribute as text, or None when the file has none (or is gone)."""
+    """The attribute as text, or None when the file has none (or is gone). A path of an
+    in-process source (``glaciersrc.GlacierPath``) answers for itself."""
+    if hasattr(path, "xattr"):
+        return path.xattr(name)  # type: ignore[union-attr]
     try:
         return os.getxattr(path, name).decode("utf-8", "replace")
     except OSError:

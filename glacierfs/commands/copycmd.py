@@ -1,5 +1,6 @@
-"""``glacierfs copy [-r] [--tier T] [--dry-run] SRC... DEST``: bring files or whole trees out of
-a glacierfs mount into a local directory, through a cache of any size, resumably, verified.
+"""``glacierfs copy [-r] [--tier T] [--dry-run] [--storage-class CLASS] [--shard K/N]
+[--manifest FILE] SRC... DEST``: bring files or whole trees out of a glacierfs mount into a
+local directory or into S3 (``s3dest``), through a cache of any size, resumably, verified.
 
 Runs in the user's process and talks to the mount only through the filesystem: the root's
 ``user.glacier.status`` (cache limit and use, ``max_jobs``, budget, jobs in flight), each file's
@@ -27,7 +28,9 @@ tenth of the oldest request's wait, at most ``POLL_MAX``:
      already copied, since each file is copied within a round of arriving (one evicted anyway
      is requested again, from the same job). A file larger than the room is requested alone,
      once nothing else of ours is outstanding; one larger than the cache fails, with no job.
-Files are never read before their cache state is ``cached``; a read or verification error is
+A file larger than the whole cache is copied alone, window by window, through the mount's ranged
+retrievals (``copystream``), once nothing else of ours is outstanding on its mount.
+Files are never read before their cache state is ``cached`` (but for those); a read or verification error is
 retried once after re-checking the cache (an evicted file is requested again: no new job while
 its job's output lasts), then reported as failed; failures never stop the rest.
 
@@ -56,24 +59,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glacierfs import treehash
-from glacierfs.commands.common import STATUS_XATTR, read_xattr
-from glacierfs.formatting import duration, human
-from glacierfs.commands import copyplan
-from glacierfs.commands import pricing
-from glacierfs.commands.copyplan import DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item, PlanError
+from glacierfs.aws import s3upload
+from glacierfs.commands import copyplan, glaciersrc, pricing, s3dest
+from glacierfs.commands.common import read_xattr
+from glacierfs.commands.copyplan import (DONE, FAILED, PENDING, REQUESTED, SKIPPED, Item,
+                                         PlanError, ReadFailed, WriteFailed, reserve, status_doc)
+from glacierfs.commands.copyargs import TIERS, parser  # noqa: F401 (TIERS: tests)
+from glacierfs.commands.copyreport import Progress, dry_run, summary, summary_doc
+from glacierfs.commands.copystream import Reader, WindowedReader
+from glacierfs.formatting import human
 
-TIERS = ("Expedited", "Standard", "Bulk")
 BLOCK = 4 * treehash.MIB          # read size: four tree-hash leaves, hashed in parallel
 POLL_MIN = 0.2                    # seconds between rounds while something moves
 POLL_MAX = 10.0                   # … and at most this long while jobs run (hours on AWS)
 # While waiting, a round every this fraction of the time the oldest request has waited: a
 # file is noticed within about 10% of its wait (a 3-s job: 0.3 s; a 4-h job: POLL_MAX).
 POLL_FRACTION = 0.1
-# Room left unrequested for the cache's own index: its ``used`` counts the SQLite index too
-# (tens of KiB, a few hundred bytes per chunk), so a batch filling the limit exactly would still
-# evict one of its own files.
-RESERVE_MIN = 256 * 1024
-RESERVE_FRACTION = 1 / 1024
 MAX_RETRIES = 1                   # a failed read or verification is retried once
 MAX_REFETCH = 3                   # an uncopied file evicted this often: the cache is too busy
 # A requested file whose state has not changed for this long while nothing of it is cached and
@@ -81,7 +82,6 @@ MAX_REFETCH = 3                   # an uncopied file evicted this often: the cac
 REREQUEST_AFTER = 60.0
 # An earlier failed job still shown this long after we asked for a new one is our failure too.
 STALE_FAILURE = 30.0
-PROGRESS_EVERY = 0.25             # seconds between progress redraws
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
@@ -90,34 +90,15 @@ class DestFull(Exception):
     """DEST refuses writes (full, quota, read-only): nothing more can be copied."""
 
 
-def status_doc(mount: Path) -> dict:  # type: ignore[type-arg]
-    raw = read_xattr(mount, STATUS_XATTR)
-    if raw is None:
-        raise OSError(errno.ENODATA, f"{mount} is no longer a live glacierfs mount")
-    return json.loads(raw)
-
-
-def reserve(limit: int) -> int:
-    return max(RESERVE_MIN, int(limit * RESERVE_FRACTION))
-
-
 # --- copying one file ---------------------------------------------------------------------
 
-class ReadFailed(Exception):
-    """The mount did not give the archive's bytes (read error, short, or a wrong tree hash)."""
-
-
-def copy_file(item: Item, progress: Callable[[int], None]) -> None:
-    """Copy one cached file to its DEST through its temporary name; see the module docstring.
-    Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
+def copy_file(item: Item, src: Reader, progress: Callable[[int], None]) -> None:
+    """Copy one file, read from ``src``, to its DEST through its temporary name; see the module
+    docstring. Raises ReadFailed (the source's fault), DestFull, or OSError (DEST's fault)."""
     tmp = item.temp
     hasher = treehash.TreeHasher()
     buf = bytearray(BLOCK)
     view = memoryview(buf)
-    try:
-        src = os.open(item.src, os.O_RDONLY)
-    except OSError as exc:
-        raise ReadFailed(f"open: {exc.strerror}") from None
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -125,10 +106,7 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             while True:
-                try:
-                    n = os.readv(src, [buf])
-                except OSError as exc:
-                    raise ReadFailed(f"read at byte {hasher.length}: {exc.strerror}") from None
+                n = src.readinto(buf)
                 if n == 0:
                     break
                 chunk = view[:n]
@@ -155,74 +133,11 @@ def copy_file(item: Item, progress: Callable[[int], None]) -> None:
         if isinstance(exc, OSError) and exc.errno in DEST_FULL:
             raise DestFull(f"{item.dest}: {exc.strerror}") from None
         raise
-    finally:
-        os.close(src)
     dirfd = os.open(item.dest.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-
-
-# --- progress ---------------------------------------------------------------------------------
-
-class Progress:
-    """Files, bytes, rate and ETA on stderr, redrawn in place; only on a terminal."""
-
-    def __init__(self, items: list[Item], enabled: bool) -> None:
-        self.items = items
-        self.enabled = enabled
-        self.started = time.monotonic()
-        self.copied_bytes = 0      # written in this run
-        self.in_file = 0           # of the file being copied now
-        self.waiting: str | None = None
-        self._drawn = 0.0
-        self._width = 0
-
-    def total(self) -> tuple[int, int]:
-        return len(self.items), sum(i.size for i in self.items)
-
-    def line(self) -> str:
-        n, total = self.total()
-        done = [i for i in self.items if i.state in (DONE, SKIPPED)]
-        done_bytes = sum(i.size for i in done) + self.in_file
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = (self.copied_bytes + self.in_file) / elapsed
-        requested = sum(1 for i in self.items if i.state == REQUESTED)
-        failed = sum(1 for i in self.items if i.state == FAILED)
-        text = f"{len(done)}/{n} files, {human(done_bytes)} of {human(total)}"
-        if rate > 0 and (self.copied_bytes + self.in_file):
-            text += f", {human(rate)}/s, ETA {duration((total - done_bytes) / rate)}"
-        if requested:
-            text += f"; {requested} restoring"
-        if failed:
-            text += f"; {failed} failed"
-        if self.waiting:
-            text += f"; {self.waiting}"
-        return text
-
-    def draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < PROGRESS_EVERY:
-            return
-        self._drawn = now
-        text = self.line()
-        pad = max(self._width - len(text), 0)
-        self._width = len(text)
-        print("\r" + text + " " * pad, end="", file=sys.stderr, flush=True)
-
-    def clear(self) -> None:
-        if self.enabled and self._width:
-            print("\r" + " " * self._width + "\r", end="", file=sys.stderr, flush=True)
-            self._width = 0
-
-    def say(self, text: str) -> None:
-        """A line of its own (a failure), above the progress line."""
-        self.clear()
-        print(text, file=sys.stderr, flush=True)
-        self.draw(force=True)
 
 
 # --- what may be requested now -----------------------------------------------------------------
@@ -251,8 +166,13 @@ def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[t
     cache = doc.get("cache", {})
     limit = int(cache.get("limit") or 0) or sys.maxsize   # no limit reported: nothing to fit
     if item.size > limit:
-        return (f"!larger ({human(item.size)}) than the mount's cache "
-                f"({human(limit)}); remount with a larger cache_size")
+        if doc.get("limits", {}).get("retrieve") == "manual":
+            return (f"!larger ({human(item.size)}) than the mount's cache "
+                    f"({human(limit)}); remount with a larger cache_size, or with "
+                    "retrieve=auto to copy it window by window")
+        if ours.count:
+            return "waiting for our other files before copying a larger-than-cache archive"
+        return STREAM
     held = ours.held
     if "pinned" in cache:
         held = max(held, int(cache["pinned"]))
@@ -281,11 +201,17 @@ def blocked(item: Item, doc: dict, ours: Tally) -> str | None:  # type: ignore[t
 
 # --- the loop ---------------------------------------------------------------------------------
 
+Writer = Callable[[Item, Reader, Callable[[int], None]], None]
+STREAM = "=stream"   # blocked(): copy it now, window by window
+
+
 class Copier:
-    def __init__(self, items: list[Item], tier: str | None, progress: Progress) -> None:
+    def __init__(self, items: list[Item], tier: str | None, progress: Progress,
+                 writer: Writer | None = None) -> None:
         self.items = items
         self.tier = tier
         self.progress = progress
+        self.writer: Writer = writer or copy_file   # local DEST, or s3dest.S3Dest.copy
         self.docs: dict[Path, dict] = {}  # type: ignore[type-arg]
         self.mount_tier: dict[Path, str] = {}
 
@@ -316,7 +242,10 @@ class Copier:
         if item.job_status == "Failed":
             item.stale_job_id = read_xattr(item.src, "user.glacier.job.id")
         try:
-            os.setxattr(item.src, "user.glacier.restore", tier.encode())
+            if hasattr(item.src, "restore"):   # an in-process source (glaciersrc)
+                item.src.restore(tier)
+            else:
+                os.setxattr(item.src, "user.glacier.restore", tier.encode())
         except OSError as exc:
             self.fail(item, f"cannot request the retrieval: {exc.strerror}")
             return
@@ -366,16 +295,29 @@ class Copier:
         def progress(n: int) -> None:
             self.progress.in_file += n
             self.progress.draw()
+        def waiting(text: str | None) -> None:
+            self.progress.waiting = text
+            self.progress.draw()
         while True:
             self.progress.in_file = 0
             try:
-                copy_file(item, progress)
+                if item.stream:
+                    limit = int(self.docs[item.mount].get("cache", {}).get("limit") or 0)
+                    src: Reader = WindowedReader(item, (limit - reserve(limit)) // 4, waiting)
+                else:
+                    src = Reader(item)
+                try:
+                    self.writer(item, src, progress)
+                finally:
+                    src.close()
             except ReadFailed as exc:
                 self.progress.in_file = 0
                 if item.retries >= MAX_RETRIES:
                     self.fail(item, f"could not be copied: {exc}")
                     return
                 item.retries += 1
+                if item.stream:
+                    continue   # read again: windows already retrieved are not paid again
                 self.refresh(item)
                 if item.cache == "cached":
                     continue
@@ -383,6 +325,10 @@ class Copier:
                 return
             except DestFull:
                 raise
+            except WriteFailed as exc:
+                self.progress.in_file = 0
+                self.fail(item, str(exc))
+                return
             except OSError as exc:
                 self.progress.in_file = 0
                 self.fail(item, f"cannot write {item.dest}: {exc.strerror or exc}")
@@ -410,6 +356,12 @@ class Copier:
         for item in pending:
             tally = tallies[item.mount]
             why = blocked(item, self.docs[item.mount], tally)
+            if why == STREAM:   # alone, window by window (copystream), now
+                item.stream = True
+                item.state = REQUESTED
+                self.copy_one(item)
+                asked = True
+                break
             if why is None:
                 self.request(item)
                 if item.state == REQUESTED:
@@ -444,11 +396,20 @@ class Copier:
 def classify(items: list[Item]) -> None:
     """Initial states: verified in DEST → skipped; cached or already under way → requested
     (counted against the room at once); the rest pending, with whether it needs a new job."""
+    limits: dict[Path, int] = {}
     for item in items:
-        if copyplan.verified_in_dest(item):
+        if item.state in (SKIPPED, FAILED):
+            continue   # decided by the S3 DEST already
+        if item.key is None and copyplan.verified_in_dest(item):
             item.state = SKIPPED
             with contextlib.suppress(OSError):
                 os.unlink(item.temp)   # a leftover of a killed run
+            continue
+        if item.mount not in limits:
+            limits[item.mount] = int(status_doc(item.mount).get("cache", {}).get("limit") or 0)
+        if item.size > (limits[item.mount] or item.size):
+            item.state = PENDING   # copied window by window (copystream), never restored whole
+            item.needs_job = item.cache != "cached"
         elif item.size == 0 or item.cache in ("cached", "partial") \
                 or item.job_status in ("InProgress", "Queued"):
             item.state = REQUESTED
@@ -459,140 +420,122 @@ def classify(items: list[Item]) -> None:
             item.needs_job = item.job_status in (None, "Failed")
 
 
-def money(amount: float) -> str:
-    return f"{amount:.2f}" if amount >= 1 or amount == 0 else f"{amount:.4f}"
-
-
-def dry_run(items: list[Item], tier: str | None, prices: dict) -> int:  # type: ignore[type-arg]
-    docs: dict[Path, dict] = {}  # type: ignore[type-arg]
-    jobs: dict[str, tuple[int, int]] = {}
-    counts = {"up to date": [0, 0], "cached": [0, 0], "in progress": [0, 0],
-              "download": [0, 0]}
-    for item in items:
-        if item.mount not in docs:
-            docs[item.mount] = status_doc(item.mount)
-        if item.state == SKIPPED:
-            what = "up to date"
-        elif item.size == 0 or item.cache == "cached":
-            what = "cached"
-        elif item.job_status in ("InProgress", "Queued") or item.cache == "partial":
-            what = "in progress"
-        elif item.needs_job:
-            t = tier or str(docs[item.mount].get("limits", {}).get("tier") or "Standard")
-            what = f"new {t} job"
-            n, b = jobs.get(t, (0, 0))
-            jobs[t] = (n + 1, b + item.size)
-        else:
-            what = "download (job done)"
-        key = what if what in counts else "download"
-        counts[key][0] += 1
-        counts[key][1] += item.size
-        print(f"{item.src} -> {item.dest}  {human(item.size)}  {what}")
-    total = sum(i.size for i in items)
-    to_fetch = counts["in progress"][1] + counts["download"][1]
-    print(f"{len(items)} files, {human(total)}: {counts['up to date'][0]} already in DEST "
-          f"({human(counts['up to date'][1])}), {counts['cached'][0]} cached "
-          f"({human(counts['cached'][1])}), {counts['in progress'][0]} in progress "
-          f"({human(counts['in progress'][1])}), {counts['download'][0]} to retrieve "
-          f"({human(counts['download'][1])})")
-    if jobs:
-        print("jobs to start: " + ", ".join(f"{t} {n} ({human(b)})"
-                                             for t, (n, b) in sorted(jobs.items())))
-    else:
-        print("jobs to start: none")
-    est = pricing.estimate(prices, jobs, to_fetch)
-    print(f"estimated cost ({est.region} prices, {est.currency}): retrieval "
-          f"{money(est.retrieval)}, data transfer out {money(est.transfer)}, total "
-          f"{money(est.total)} "
-          f"(list prices; override with --price-file or ${pricing.PRICE_FILE_ENV})")
-    for mount, doc in docs.items():
-        limit = int(doc.get("cache", {}).get("limit") or 0)
-        room = limit - reserve(limit)
-        mine = sum(i.size for i in items if i.mount == mount and i.state != SKIPPED
-                   and i.cache != "cached")
-        if limit and mine:
-            print(f"cache of {mount}: {human(limit)}; about {max(1, -(-mine // max(room, 1)))} "
-                  "round(s) of retrievals")
-    return EXIT_OK
-
-
-def summary(items: list[Item], progress: Progress, interrupted: bool) -> str:
-    n, total = progress.total()
-    done = [i for i in items if i.state == DONE]
-    skipped = [i for i in items if i.state == SKIPPED]
-    failed = [i for i in items if i.state == FAILED]
-    elapsed = time.monotonic() - progress.started
-    ok_bytes = sum(i.size for i in done + skipped)
-    if interrupted:
-        return (f"interrupted: {len(done) + len(skipped)} of {n} files in DEST "
-                f"({human(ok_bytes)} of {human(total)}); run the same command again to resume")
-    rate = progress.copied_bytes / elapsed if elapsed > 0 else 0
-    return (f"copied {len(done)} files ({human(progress.copied_bytes)}) in {duration(elapsed)}"
-            f" ({human(rate)}/s); {len(skipped)} already up to date; {len(failed)} failed")
-
-
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def cmd_copy(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="glacierfs copy",
-        usage="glacierfs copy [-h] [-r] [--tier T] [--dry-run] [--price-file FILE] SRC... DEST",
-        description="Copy files or trees out of a glacierfs mount into a local directory "
-                    "(like cp -r), through a cache of any size: retrievals are requested in "
-                    "batches that fit the cache, each file is copied as soon as it is cached "
-                    "and verified against its tree hash. Run it again to resume.")
-    p.add_argument("paths", nargs="+", metavar="SRC... DEST",
-                   help="files or directories on a glacierfs mount, then where to copy them")
-    p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
-    p.add_argument("--tier", choices=TIERS, metavar="T",
-                   help="tier of new jobs: Expedited, Standard or Bulk (default: the mount's)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="start nothing; show files, bytes, jobs and an estimated cost")
-    p.add_argument("--price-file", metavar="FILE", help="JSON overriding the built-in price table (also "
-                                        f"${pricing.PRICE_FILE_ENV})")
+    p = parser()
     args = p.parse_args(argv)
     if len(args.paths) < 2:
         p.error("give at least one SRC and a DEST")
     try:
+        engine, sources = glaciersrc.open_sources(args.paths[:-1], args.options)
+    except PlanError as exc:
+        print(f"glacierfs copy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        return _copy(args, sources)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _copy(args: argparse.Namespace, sources: list) -> int:  # type: ignore[type-arg]
+    dest_text = args.paths[-1]
+    to_s3 = s3dest.is_s3(dest_text)
+    if not to_s3 and (args.storage_class or args.s3_endpoint_url):
+        print("glacierfs copy: --storage-class and --s3-endpoint-url need an s3:// DEST",
+              file=sys.stderr)
+        return EXIT_USAGE
+    storage_class = args.storage_class or s3upload.DEFAULT_STORAGE_CLASS
+    manifest: s3dest.Manifest | None = None
+    dest: s3dest.S3Dest | None = None
+    try:
         prices = pricing.load_prices(args.price_file) if args.dry_run or args.price_file \
             else None
-        items, dirs = copyplan.build(args.paths[:-1], args.paths[-1], args.recursive)
+        manifest = s3dest.Manifest(None if args.dry_run else args.manifest)
+        if to_s3:
+            items = copyplan.build_keys(sources, s3dest.parse_dest(dest_text)[1],
+                                        args.recursive)
+            dirs: list[Path] = []
+        else:
+            items, dirs = copyplan.build(sources, dest_text, args.recursive)
+        if args.shard:
+            k, n = args.shard
+            items = [i for i in items if copyplan.in_shard(i.archive_id, k, n)]
+        if to_s3:
+            dest = s3dest.S3Dest(dest_text, storage_class, args.s3_endpoint_url, manifest)
+            dest.check(items)
         classify(items)
+        if not to_s3:
+            for item in items:
+                if item.state == SKIPPED:
+                    manifest.add(item, "found")
     except (PlanError, pricing.PriceError) as exc:
         print(f"glacierfs copy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"glacierfs copy: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted while listing the files: nothing was started", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.dry_run:
-        assert prices is not None
-        return dry_run(items, args.tier, prices)
+    if to_s3:
+        assert dest is not None
+        print(f"to s3://{dest.bucket}/{dest.prefix} as {storage_class}"
+              f"{f' (shard {args.shard[0]}/{args.shard[1]})' if args.shard else ''}: "
+              f"{len(items)} archives", flush=True)
+    try:
+        if args.dry_run:
+            assert prices is not None
+            return dry_run(items, args.tier, prices, storage_class if to_s3 else None)
+        return _run(items, dirs, args.tier, dest, manifest, args.json)
+    finally:
+        manifest.close()
+
+
+def _run(items: list[Item], dirs: list[Path], tier: str | None, dest: s3dest.S3Dest | None,
+         manifest: s3dest.Manifest, as_json: bool = False) -> int:
     progress = Progress(items, sys.stderr.isatty())
+    writer = dest.copy if dest is not None else s3dest.local_writer(copy_file, manifest)
+
+    def report(outcome: str, code: int) -> int:
+        progress.clear()
+        if as_json:
+            print(json.dumps(summary_doc(items, progress, outcome), ensure_ascii=False))
+        elif outcome == "interrupted":
+            print(summary(items, progress, interrupted=True), file=sys.stderr)
+        else:
+            print(summary(items, progress, interrupted=False))
+        return code
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
-        Copier(items, args.tier, progress).run()
+        for item in items:
+            if item.state == FAILED:
+                progress.say(f"glacierfs copy: {item.src}: {item.error}")
+        Copier(items, tier, progress, writer).run()
     except KeyboardInterrupt:
-        progress.clear()
-        print(summary(items, progress, interrupted=True), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report("interrupted", EXIT_INTERRUPTED)
     except DestFull as exc:
         progress.clear()
         print(f"glacierfs copy: stopped: {exc}", file=sys.stderr)
-        print(summary(items, progress, interrupted=False))
-        return EXIT_FAILED
+        return report("stopped", EXIT_FAILED)
     except OSError as exc:
         progress.clear()
         print(f"glacierfs copy: stopped: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return report("stopped", EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    progress.clear()
+    if dest is not None:
+        dest.cleanup(items)
     failed = [i for i in items if i.state == FAILED]
-    print(summary(items, progress, interrupted=False))
+    code = report("failed" if failed else "done", EXIT_FAILED if failed else EXIT_OK)
     for item in failed:
         print(f"glacierfs copy: failed: {item.src}: {item.error}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    return code

@@ -442,5 +442,7 @@ Standard retrieval takes 20 seconds instead of hours. Try:
   glacierfs select {mnt}/{CSV_VAULT}/{CSV_PATH} --header use --tier Expedited --wait \\
       --query "SELECT s.order_id, s.customer, s.total FROM archive s WHERE s.country = 'FR' AND s.total > 1000" \\
       --output s3://{DEMO_BUCKET}/select     # SQL inside Glacier: only the matching rows come back
+  glacierfs copy -r {mnt}/photos s3://{DEMO_BUCKET}/migrated --s3-endpoint-url {s3_url}
+                                    # migrate into the local S3, verified (Deep Archive class)
 Stop it: umount {mnt}; kill $(cat {data_dir / PID_FILE})   (the emulator)""")
     return 0

@@ -34,7 +34,19 @@ DEFAULT_PRICES: dict = {  # type: ignore[type-arg]
         "Bulk": {"per_gb": 0.0025, "per_1000_requests": 0.025},
     },
     "transfer_out_per_gb": 0.09,
+    # S3 storage per GB-month by class (us-east-1 list prices), for ``copy … s3://`` dry runs.
+    "s3_storage_per_gb_month": {
+        "STANDARD": 0.023, "REDUCED_REDUNDANCY": 0.024, "STANDARD_IA": 0.0125,
+        "ONEZONE_IA": 0.01, "INTELLIGENT_TIERING": 0.023, "GLACIER_IR": 0.004,
+        "GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099, "EXPRESS_ONEZONE": 0.11,
+        "OUTPOSTS": 0.023, "SNOW": 0.023,
+    },
 }
+# GLACIER and DEEP_ARCHIVE bill 32 KiB more per object at the class's rate and 8 KiB of
+# STANDARD (the object's index), on top of its bytes.
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+OVERHEAD_AT_CLASS = 32 * 1024
+OVERHEAD_STANDARD = 8 * 1024
 
 
 class PriceError(Exception):
@@ -76,6 +88,11 @@ def load_prices(path: str | None = None) -> dict:  # type: ignore[type-arg]
                 if tier not in TIERS or not isinstance(entry, dict):
                     raise PriceError(f"price file {path}: unknown tier {tier!r}")
                 prices["tiers"][tier].update(entry)
+        elif key == "s3_storage_per_gb_month":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, (int, float)) and v >= 0 for v in value.values()):
+                raise PriceError(f"price file {path}: {key} must map classes to numbers >= 0")
+            prices[key].update(value)
         elif key in prices:
             prices[key] = value
         else:
@@ -99,3 +116,15 @@ def estimate(prices: dict, jobs: dict[str, tuple[int, int]],  # type: ignore[typ
         retrieval += nbytes / GB * entry["per_gb"] + count / 1000 * entry["per_1000_requests"]
     return Estimate(retrieval, download_bytes / GB * prices["transfer_out_per_gb"],
                     str(prices.get("currency", "USD")), str(prices.get("region", "?")))
+
+
+def storage_month(prices: dict, storage_class: str, objects: int,  # type: ignore[type-arg]
+                  nbytes: int) -> float:
+    """Monthly cost of keeping ``objects`` objects of ``nbytes`` in all at ``storage_class``."""
+    table = prices["s3_storage_per_gb_month"]
+    rate = float(table.get(storage_class, table["STANDARD"]))
+    cost = nbytes / GB * rate
+    if storage_class in ARCHIVE_CLASSES:
+        cost += objects * (OVERHEAD_AT_CLASS / GB * rate
+                           + OVERHEAD_STANDARD / GB * float(table["STANDARD"]))
+    return cost

@@ -52,6 +52,8 @@ RESULT_LINES = {
                   rf"^time to listing \(unzip -l\)\s+\d+\.\d\d s\s+\d+\.\d\d s\s+{R}"],
     "copy_tree.py": [rf"^time, s \(lower is better\)\s+\d+\.\d\s+\d+\.\d\s+{R}",
                      rf"^bytes downloaded / tree\s+\d\.\d{{3}}\s+\d\.\d{{3}}\s+{R}"],
+    "copy_s3.py": [rf"^time, s \(lower is better\)\s+\d+\.\d\s+\d+\.\d\s+{R}",
+                   r"^bytes downloaded / uploaded\s+\d\.\d{3}\s+\d\.\d{3}\s+"],
     "notify.py": [rf"^completion to cached\s+\d+\.\d\d s \(SNS/SQS, poll=3600\)\s+"
                   rf"\d+\.\d\d s \(poll=\d+\)\s+{R}"],
     "soak.py": [r"^mismatched bytes\s+0\s+must be 0: ok$",
@@ -60,7 +62,7 @@ RESULT_LINES = {
                 r"^open fds\s+\d+\.\d at end"],
 }
 # Longest first, so the pool ends close to the longest run.
-ORDER = ["copy_tree.py", "soak.py", "download.py", "api_economy.py", "notify.py", "ranged.py",
+ORDER = ["copy_tree.py", "soak.py", "copy_s3.py", "download.py", "api_economy.py", "notify.py", "ranged.py",
          "read_cached.py", "million.py", "treehash.py"]
 
 

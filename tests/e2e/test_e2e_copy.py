@@ -317,18 +317,28 @@ def test_failed_job_is_reported_and_the_rest_copied(emulator, module_mounts, tmp
     one_job_each(emulator, "failing", {p: a for p, a in ids.items() if p != first})
 
 
-def test_a_file_larger_than_the_cache_fails_alone(emulator, module_mounts, tmp_path):
-    files = {"photos/big.bin": ("photos/big.bin", random.Random(5).randbytes(3 * MIB), 0),
+def test_a_file_larger_than_the_cache_is_copied_window_by_window(emulator, module_mounts,
+                                                                  tmp_path):
+    big = 6 * MIB + 7
+    files = {"photos/big.bin": ("photos/big.bin", random.Random(5).randbytes(big), 0),
              "photos/small.bin": ("photos/small.bin", random.Random(6).randbytes(MIB), 0)}
-    mnt, ids = upload_vault(emulator, module_mounts, "small", files, cache_size="2M",
-                            chunk_size="1M")
-    before = counters(emulator)[0]
+    mnt, ids = upload_vault(emulator, module_mounts, "small", files, cache_size="4M",
+                            chunk_size="1M", range_size="1M")
+    before = counters(emulator)
     proc = glacierfs("copy", "-r", mnt / "small" / "photos", tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    assert "big.bin: larger (3.0 MiB) than the mount's cache (2.0 MiB)" in proc.stderr
-    assert (tmp_path / "photos" / "small.bin").read_bytes() == files["photos/small.bin"][1]
-    assert not (tmp_path / "photos" / "big.bin").exists()
-    assert counters(emulator)[0] - before == 1   # no job for what cannot be held
+    assert proc.returncode == 0, proc.stderr
+    for path, (_, data, _) in files.items():
+        assert (tmp_path / path).read_bytes() == data
+        assert os.getxattr(tmp_path / path, DEST_XATTR).decode() == \
+            getfattr_one(mnt / "small" / path, "user.glacier.tree_hash")
+    jobs, _, sent = counters(emulator)
+    # One job for the small file, one per 1-MiB window of the big one, never one twice.
+    windows = archive_jobs(emulator, "small", ids["photos/big.bin"])
+    assert sorted(j["RetrievalByteRange"] for j in windows) == \
+        sorted(f"{k * MIB}-{min((k + 1) * MIB, big) - 1}" for k in range(7))
+    assert jobs - before[0] == 1 + len(windows)
+    total = sum(len(d) for _, d, _ in files.values())
+    assert sent - before[2] <= MAX_SENT * total, (sent - before[2], total, proc.stderr, proc.stdout)
 
 
 def test_a_vault_still_without_inventory_is_an_error_not_an_empty_copy(emulator, module_mounts,

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from glacierfs.commands.copycmd import Tally, blocked, reserve
+from glacierfs.commands.copycmd import STREAM, Tally, blocked, reserve
 from glacierfs.commands.copyplan import Item
 
 MIB = 1024 * 1024
@@ -51,7 +51,12 @@ def test_pinned_bytes_count_when_the_mount_reports_them():
 
 def test_a_file_alone_is_always_requested_unless_it_can_never_fit():
     assert blocked(item(size=LIMIT - 1), doc(pinned=LIMIT), Tally()) is None
-    assert blocked(item(size=LIMIT + 1), doc(), Tally()).startswith("!larger")
+    # Larger than the cache: copied window by window, alone (after our other files).
+    assert blocked(item(size=LIMIT + 1), doc(), Tally()) == STREAM
+    assert blocked(item(size=LIMIT + 1), doc(), tally(item())).startswith("waiting")
+    manual = doc()
+    manual["limits"]["retrieve"] = "manual"
+    assert blocked(item(size=LIMIT + 1), manual, Tally()).startswith("!larger")
 
 
 def test_max_jobs_counts_running_jobs_and_our_unstarted_requests():
