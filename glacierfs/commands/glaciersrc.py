@@ -36,6 +36,7 @@ import trio
 
 from glacierfs import options as mount_options
 from glacierfs.aws import glacier
+from glacierfs.catalog import synology
 from glacierfs.catalog.inventories import Inventories
 from glacierfs.catalog.namespace import Entry, Namespace
 from glacierfs.commands.copyplan import PlanError
@@ -46,6 +47,7 @@ from glacierfs.jobs.jobstore import JobStore
 from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval,
                                       RetrievalFailed)
 from glacierfs.jobs.room import CacheRoom
+from glacierfs.jobs.synologyjob import SynologyNames
 from glacierfs.store import KIND_BY_ID, KIND_FILE, ROOT_INODE, Store
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,11 @@ class Engine:
                 except glacier.GlacierError as exc:
                     self._error = f"cannot list the vaults: {exc}"
                     return
+                # a Synology task's mapping vault too: its names come from there
+                wanted = {self.vault, synology.mapping_vault_of(self.vault)}
                 found = [(str(v["VaultName"]), v.get("VaultARN")) for v in listed
-                         if v["VaultName"] == self.vault]
-                if not found:
+                         if v["VaultName"] in wanted]
+                if self.vault not in {name for name, _ in found}:
                     self._error = f"no vault {self.vault} in {self.source}"
                     return
                 self.ns.set_vaults(found)
@@ -148,6 +152,8 @@ class Engine:
             async with trio.open_nursery() as nursery:
                 self.inventories = Inventories(self.ns, aclient, opts, nursery)
                 self.inventories.ensure(self.vault)
+                SynologyNames(self.ns, self.retrieval, self.inventories, opts,
+                              nursery).ensure(self.vault)
                 nursery.start_soon(self.retrieval.run)
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
@@ -273,7 +279,8 @@ class GlacierPath:
                 doc = eng.sync(lambda: status_document(eng.ns, eng.retrieval, eng.opts))
                 return json.dumps(doc)
             info = eng.sync(eng.ns.vault, eng.vault)
-            return None if info is None else xattrs.vault_attributes(info).get(name)
+            names = eng.sync(synology.vault_names, eng.ns.db, eng.vault)
+            return None if info is None else xattrs.vault_attributes(info, names).get(name)
         try:
             entry = self.entry()
         except FileNotFoundError:
@@ -335,6 +342,14 @@ def open_sources(texts: list[str], option_text: str | None) -> tuple[Engine | No
             if not told:
                 print(f"waiting for the inventory of {root} "
                       f"({root.xattr('user.glacier.inventory.job.status') or 'requested'})",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(INVENTORY_POLL)
+        told = False
+        while root.xattr("user.glacier.names.status") == synology.PENDING:
+            if not told:   # a Synology vault: copied under its real names, not archive ids
+                print(f"waiting for the names of {root} "
+                      f"({root.xattr('user.glacier.names.message') or 'mapping requested'})",
                       file=sys.stderr, flush=True)
                 told = True
             time.sleep(INVENTORY_POLL)

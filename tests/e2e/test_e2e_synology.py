@@ -92,3 +92,32 @@ def test_a_synology_pair_shows_real_names_once_the_mapping_is_in(emulator, mount
     jobs = [j for j in glacier.list_jobs(vaultName=MAPPING)["JobList"]
             if j["Action"] == "ArchiveRetrieval"]
     assert len(jobs) == 1
+
+
+def test_a_copy_from_glacier_without_a_mount_uses_the_synology_names(emulator, tmp_path):
+    """``glacierfs copy -r glacier://REGION/V DEST`` (no FUSE) waits for the mapping as it waits
+    for the inventory, and writes SHARE/BASEPATH paths with the backup time, not archive ids."""
+    glacier = emulator.client(max_attempts=1)
+    glacier.create_vault(vaultName=VAULT)
+    glacier.create_vault(vaultName=MAPPING)
+    photo = upload(glacier, VAULT, PHOTO, "")
+    budget = upload(glacier, VAULT, BUDGET, "")
+    db = mapping_db(tmp_path / "m.db", [
+        ("photo", "2015/IMG_1.JPG", photo, 1431027000, 1, 1),
+        ("homes", "admin/budget.txt", budget, 1500000000, 1, 1),
+    ])
+    upload(glacier, MAPPING, db.read_bytes(), "")
+    opts = f"endpoint_url={emulator.url},cache_dir={tmp_path / 'state'},poll=1"
+    dest = tmp_path / "out"
+    proc = glacierfs_cli("copy", "-r", f"glacier://us-east-1/{VAULT}", dest, "-o", opts,
+                         timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    copied = dest / VAULT
+    assert (copied / "photo/2015/IMG_1.JPG").read_bytes() == PHOTO
+    assert (copied / "homes/admin/budget.txt").read_bytes() == BUDGET
+    assert os.stat(copied / "photo/2015/IMG_1.JPG").st_mtime == 1431027000
+    assert not (copied / photo).exists() and not (copied / budget).exists()
+    jobs = [j for j in glacier.list_jobs(vaultName=MAPPING)["JobList"]
+            if j["Action"] == "ArchiveRetrieval"]
+    assert len(jobs) == 1
