@@ -14,7 +14,13 @@ Endpoints that send no tree hash per range, or answer a ranged request with the 
 every chunk is held or verified their folded root must equal the inventory's tree hash before
 the cache makes them readable (``ChunkCache.promote_held``); otherwise the archive fails with the
 reason and nothing is kept. Readers of a held chunk wait for that decision. A whole-output
-answer is read once, chunk after chunk, by one worker.
+answer is read once, chunk after chunk, by one worker, into a buffer of a whole chunk whatever
+chunk that worker was asked for (the archive's last chunk may be a few bytes).
+
+A chunk that finds no room in the cache (``NoRoomError``: the size limit is reached and nothing
+there may be evicted) never holds a worker: the worker gives its slot back and the chunk waits,
+*parked*, until ``room_freed`` (the cache room released a restore) or NO_ROOM_PAUSE, then is
+queued again. Its readers are told at once (``take_error``) so they can answer why.
 
 Runs on the trio thread; each fetch (socket reads) runs in a worker thread behind the client's
 limiter, the hashing and disk writes on the hashing pool.
@@ -35,7 +41,7 @@ import trio
 from glacierfs import diskfull, treehash
 from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
-                             NotCached)
+                             NoRoomError, NotCached)
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB
 
@@ -49,6 +55,10 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 DISK_FULL_PAUSE = 15.0        # how long a chunk that found the disk full waits before retrying
 ROUND_PAUSE = 60.0            # a chunk that used up its attempts tries again this much later
+# A chunk that found no room (the cache holds only data it may not evict: restored files not
+# yet read, chunks in flight) gives its worker back and is queued again when room is freed, or
+# after this long at most (chunks in flight land and become evictable without any event).
+NO_ROOM_PAUSE = 2.0
 # Socket reads go into the chunk's buffer this much at a time: one leaf, so each leaf is hashed
 # and written while the next arrives.
 READ_BLOCK = MIB
@@ -98,6 +108,7 @@ class Downloader:
         self._heap: list[tuple[int, int, ChunkTask]] = []
         self._queued: dict[tuple[str, int], int] = {}    # (archive, index) -> priority queued at
         self._in_flight: set[tuple[str, int]] = set()
+        self._priority: dict[tuple[str, int], int] = {}   # of the chunks in flight
         self._waiters: dict[tuple[str, int], trio.Event] = {}
         self._errors: dict[tuple[str, int], BaseException] = {}
         self._seq = itertools.count()
@@ -114,8 +125,10 @@ class Downloader:
         self._whole_lock = threading.Lock()
         self._checking_held: set[str] = set()  # archives whose held chunks are being checked
         self._buffers: list[bytearray] = []
+        self._parked: dict[tuple[str, int], tuple[int, ChunkTask]] = {}  # waiting for room
+        self._room_freed = trio.Event()
         self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0,
-                      "held_chunks": 0}
+                      "held_chunks": 0, "no_room": 0}
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
@@ -139,9 +152,20 @@ class Downloader:
         self._cancelled.add(archive_id)
         for key in [k for k in self._queued if k[0] == archive_id]:
             del self._queued[key]
+        for key in [k for k in self._parked if k[0] == archive_id]:
+            del self._parked[key]
 
     def is_downloading(self, archive_id: str) -> bool:
-        return any(k[0] == archive_id for k in itertools.chain(self._queued, self._in_flight))
+        return any(k[0] == archive_id for k in itertools.chain(self._queued, self._in_flight,
+                                                                self._parked))
+
+    def is_parked(self, archive_id: str, index: int) -> bool:
+        """Is this chunk waiting for cache room (not queued, not in flight)?"""
+        return (archive_id, index) in self._parked
+
+    def room_freed(self) -> None:
+        """Room appeared (a restore was read, or released): parked chunks try again now."""
+        self._room_freed.set()
 
     def waiter(self, archive_id: str, index: int) -> trio.Event:
         key = (archive_id, index)
@@ -165,8 +189,32 @@ class Downloader:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._unpark_loop)
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
+
+    async def _unpark_loop(self) -> None:
+        """Queue parked chunks again once room is freed, or every NO_ROOM_PAUSE."""
+        while True:
+            with trio.move_on_after(NO_ROOM_PAUSE):
+                await self._room_freed.wait()
+            self._room_freed = trio.Event()
+            if not self._parked:
+                continue
+            parked, self._parked = self._parked, {}
+            for (archive_id, index), (priority, task) in parked.items():
+                if archive_id not in self._cancelled:
+                    self.enqueue(task.vault, task.job_id, task.layout, [index], priority,
+                                 output_start=task.output_start)
+
+    def _park(self, task: ChunkTask, priority: int, error: NoRoomError) -> None:
+        """No room for this chunk now: its worker goes on with other chunks; it waits."""
+        key = (task.layout.archive_id, task.index)
+        self.stats["no_room"] += 1
+        self._parked[key] = (priority, task)
+        self._notify(*key, error)
+        log.debug("archive %s chunk %d: no room in the cache (%s); parked", key[0][:16],
+                  key[1], error)
 
     async def _next_task(self) -> ChunkTask:
         while True:
@@ -190,6 +238,7 @@ class Downloader:
                         self._nursery.start_soon(self._check_held, task)
                     continue
                 self._in_flight.add(key)
+                self._priority[key] = priority
                 return task
             # Idle workers share one event: replacing it per worker (as before) left all but
             # the last one asleep for ever, so downloads ran one chunk at a time.
@@ -205,6 +254,8 @@ class Downloader:
             key = (task.layout.archive_id, task.index)
             try:
                 await self._fetch(task)
+            except NoRoomError as exc:
+                self._park(task, self._priority.get(key, BACKGROUND), exc)
             except Exception as exc:  # the local disk, or a bug: a pause for this chunk only
                 if isinstance(exc, LOCAL_ERRORS):
                     log.warning("archive %s chunk %d: %s; retrying later", key[0][:16], key[1],
@@ -217,6 +268,7 @@ class Downloader:
                 self._retry_later(task)
             finally:
                 self._in_flight.discard(key)
+                self._priority.pop(key, None)
 
     async def _fetch(self, task: ChunkTask) -> None:
         buffer = self._take_buffer(task.layout.chunk_length(task.index))
@@ -238,6 +290,8 @@ class Downloader:
                         raise got.full  # held bytes cannot be checked alone: fetch them again
                     if not await self._store(task, view[:end - start + 1], got.checksum):
                         return
+            except NoRoomError:
+                raise  # the worker parks the chunk and goes on (see _worker)
             except CacheFullError as exc:
                 self._notify(layout.archive_id, index, exc)
                 log.warning("cache disk full while storing archive %s chunk %d; retrying in "
@@ -324,6 +378,8 @@ class Downloader:
         full: CacheFullError | None = None
         try:
             writer = self.cache.chunk_writer(layout, index, view)
+        except NoRoomError:
+            raise  # nothing read: the chunk waits for room without holding a worker or a body
         except CacheFullError as exc:
             writer, full = None, exc  # keep the bytes in the buffer and store them later
         try:
@@ -357,6 +413,10 @@ class Downloader:
             if archive_id in self._whole_busy:
                 return _Received(elsewhere=True)
             self._whole_busy.add(archive_id)
+        # The worker's buffer fits the chunk it was asked for, which may be the archive's
+        # short last one; the pass stores every chunk, so it needs room for a whole one.
+        if len(view) < layout.chunk_length(0):
+            view = memoryview(bytearray(layout.chunk_length(0)))
         try:
             log.info("archive %s: the endpoint answered a ranged request with the whole "
                      "output; reading it once and verifying it as a whole", archive_id[:16])
@@ -456,6 +516,8 @@ class Downloader:
                 await trio.to_thread.run_sync(self.cache.put_chunk, task.layout, task.index,
                                               data, checksum)
                 return True
+            except NoRoomError:
+                raise  # full of data that may not go: parked, fetched again when room is freed
             except CacheFullError as exc:
                 self._notify(task.layout.archive_id, task.index, exc)
                 log.warning("cache disk full while storing archive %s chunk %d; holding it "
