@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -39,6 +40,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # A first mount needs the vault list; an endpoint that accepts connections but never answers
 # would otherwise hold the mount command for botocore's timeouts times its retries (minutes).
 FIRST_LIST_TIMEOUT = 30.0
+UNMOUNT_CHECK = 2.0     # seconds between looks whether the mount was detached behind our back
 
 
 class MountError(Exception):
@@ -123,11 +125,13 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
                 nursery.start_soon(selects.run)
-                nursery.start_soon(_stop_on_signals, signals)
+                nursery.start_soon(_stop_on_signals, signals, retrieval.stop_waiting)
+                nursery.start_soon(_stop_when_unmounted, mountpoint, retrieval.stop_waiting)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
                 await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_WORKERS)
+                retrieval.stop_waiting()
                 notify.stopping(f"unmounting {mountpoint}")
                 nursery.cancel_scope.cancel()
             finally:
@@ -168,9 +172,13 @@ def _stop_signals() -> Iterator[AsyncIterator[int]]:
         yield signals
 
 
-async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
+async def _stop_on_signals(signals: AsyncIterator[int], wake_readers: Callable[[], None]) -> None:
     """pyfuse3 installs no signal handlers: SIGTERM/SIGINT end the FUSE loop cleanly; a
-    second signal while stopping changes nothing (the state is already on disk)."""
+    second signal while stopping changes nothing (the state is already on disk).
+
+    ``terminate()`` ends the session loop, but ``main()`` then waits for every handler still
+    running: readers sleeping in their ``wait`` are woken first (they get an answer at once),
+    so the daemon exits within seconds whatever ``wait`` says."""
     stopping = False
     async for signum in signals:
         if stopping:
@@ -178,4 +186,40 @@ async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
             continue
         stopping = True
         log.info("signal %d: unmounting", signum)
+        wake_readers()
         pyfuse3.terminate()
+
+
+async def _stop_when_unmounted(mountpoint: Path, wake_readers: Callable[[], None]) -> None:
+    """A busy mount detached behind our back (``umount -l``, ``fusermount3 -u -z``) sends
+    the daemon nothing while a reader waits in a handler: notice it, answer the readers and
+    end the loop, as for SIGTERM."""
+    target = os.fsencode(os.path.realpath(mountpoint))
+    seen = False   # only a mount once seen can be seen gone (a path mountinfo spells otherwise)
+    while True:
+        await trio.sleep(UNMOUNT_CHECK)
+        mounted = await trio.to_thread.run_sync(_is_mounted, target)
+        seen = seen or mounted
+        if seen and not mounted:
+            log.info("%s was unmounted: stopping", mountpoint)
+            wake_readers()
+            pyfuse3.terminate()
+            return
+
+
+def _is_mounted(target: bytes) -> bool:
+    """Is ``target`` a mount point in our namespace (/proc/self/mountinfo, octal-escaped)?"""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return True  # cannot tell: keep running
+    return False
+
+
+def _unescape(field: bytes) -> bytes:
+    return field.replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(
+        b"\\012", b"\n").replace(b"\\134", b"\\")

@@ -41,7 +41,7 @@ import trio
 from glacierfs import diskfull, treehash
 from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import (ArchiveLayout, CacheFullError, ChunkCache, ChunkVerificationError,
-                             NoRoomError, NotCached)
+                             ChunkWriter, NoRoomError, NotCached)
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB
 
@@ -139,6 +139,11 @@ class Downloader:
             key = (layout.archive_id, index)
             if key in self._in_flight:
                 continue
+            parked = self._parked.get(key)
+            if parked is not None:  # waits for room: queued again when room is freed
+                if priority < parked[0]:
+                    self._parked[key] = (priority, parked[1])
+                continue
             queued_at = self._queued.get(key)
             if queued_at is not None and queued_at <= priority:
                 continue
@@ -156,8 +161,8 @@ class Downloader:
             del self._parked[key]
 
     def is_downloading(self, archive_id: str) -> bool:
-        return any(k[0] == archive_id for k in itertools.chain(self._queued, self._in_flight,
-                                                                self._parked))
+        """Queued or in flight (a chunk parked for want of room is not moving)."""
+        return any(k[0] == archive_id for k in itertools.chain(self._queued, self._in_flight))
 
     def is_parked(self, archive_id: str, index: int) -> bool:
         """Is this chunk waiting for cache room (not queued, not in flight)?"""
@@ -353,35 +358,57 @@ class Downloader:
 
     # --- in the worker thread -----------------------------------------------------------------
     def _receive(self, task: ChunkTask, view: memoryview) -> _Received:
-        """Fetch one chunk into ``view`` and store it as it arrives (blocking)."""
+        """Fetch one chunk into ``view`` and store it as it arrives (blocking). Room for it is
+        made before the request: a chunk with no room (NoRoomError) costs no GetJobOutput."""
         layout, index = task.layout, task.index
         start, end = layout.chunk_range(index)
         length = end - start + 1
-        stream = self.client.client.open_job_output(
-            task.vault, task.job_id, max(0, start - task.output_start),
-            max(0, end - task.output_start))
-        try:
-            if stream.whole:
-                return self._receive_whole(task, stream, view)
-            if stream.length != length:
-                raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for bytes "
-                                                       f"{start}-{end}")
-            checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
-            return self._receive_chunk(layout, index, stream, view, checksum)
-        finally:
-            stream.close()
-
-    def _receive_chunk(self, layout: ArchiveLayout, index: int,
-                       stream: glacier.JobOutputStream, view: memoryview,
-                       checksum: bytes | None) -> _Received:
-        length = layout.chunk_length(index)
         full: CacheFullError | None = None
+        writer: ChunkWriter | None = None
         try:
             writer = self.cache.chunk_writer(layout, index, view)
         except NoRoomError:
-            raise  # nothing read: the chunk waits for room without holding a worker or a body
+            raise  # nothing asked for: the chunk waits for room without holding a worker
         except CacheFullError as exc:
-            writer, full = None, exc  # keep the bytes in the buffer and store them later
+            full = exc  # the disk: keep the bytes in the buffer and store them later
+        try:
+            stream = self.client.client.open_job_output(
+                task.vault, task.job_id, max(0, start - task.output_start),
+                max(0, end - task.output_start))
+            try:
+                if stream.whole:
+                    if writer is not None:
+                        writer.abort()  # the whole pass stores each chunk itself
+                        writer = None
+                    return self._receive_whole(task, stream, view)
+                if stream.length != length:
+                    raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for "
+                                                           f"bytes {start}-{end}")
+                checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
+                return self._receive_chunk(layout, index, stream, view, checksum,
+                                           (writer, full))
+            finally:
+                stream.close()
+        finally:
+            if writer is not None:
+                writer.abort()  # a no-op after a commit
+
+    def _receive_chunk(self, layout: ArchiveLayout, index: int,
+                       stream: glacier.JobOutputStream, view: memoryview,
+                       checksum: bytes | None,
+                       prepared: tuple[ChunkWriter | None, CacheFullError | None] | None = None,
+                       ) -> _Received:
+        length = layout.chunk_length(index)
+        if prepared is not None:
+            writer, full = prepared
+        else:
+            full = None
+            try:
+                writer = self.cache.chunk_writer(layout, index, view)
+            except NoRoomError:
+                raise  # the whole pass stops here; the chunk waits for room
+            except CacheFullError as exc:
+                writer, full = None, exc  # keep the bytes in the buffer and store them later
         try:
             got = 0
             while got < length:

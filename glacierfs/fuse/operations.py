@@ -10,7 +10,9 @@ Semantics (the README's table is generated from the same decisions):
 - a read of uncached bytes starts or joins a retrieval and fails with EREMOTE ("Object is
   remote", as s3fs answers archived objects) while it runs, ENODATA when it may not start one
   (``retrieve=manual``, crawlers), EIO when the job failed or the bytes could not be verified,
-  ENOSPC when the cache disk is full. Never EAGAIN, EINTR or EINPROGRESS there: Python's io
+  ENOSPC when the cache disk is full, or when its room is held by restored files nobody reads
+  and nothing else will free it (the job's status message says which). While the mount stops,
+  a waiting read is answered EREMOTE at once (the retrieval goes on). Never EAGAIN, EINTR or EINPROGRESS there: Python's io
   reads EAGAIN as "no data yet on a non-blocking descriptor" (``read()`` returns None,
   ``shutil.copy`` writes an empty file) and EINTR is retried forever. Only a handle opened
   with O_NONBLOCK gets EAGAIN, which there means exactly "try again";
@@ -37,8 +39,8 @@ from glacierfs.fuse import xattrs
 from glacierfs.diskfull import describe, is_disk_full
 from glacierfs.catalog.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
-from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
-                                 RetrievalFailed)
+from glacierfs.jobs.retrieval import (CacheFull, NoRoom, NotReady, NotRequested, Retrieval,
+                                     RetrievalError, RetrievalFailed)
 from glacierfs.jobs.selectjobs import SelectJobs
 from glacierfs.jobs.selectspec import SELECT_XATTR, SelectRequest, SpecError
 from glacierfs.store import KIND_FILE, KIND_VAULT, ROOT_INODE
@@ -72,6 +74,7 @@ _ERRNO: dict[type[BaseException], int] = {
     NotRequested: errno.ENODATA,
     RetrievalFailed: errno.EIO,
     CacheFull: errno.ENOSPC,
+    NoRoom: errno.ENOSPC,
 }
 
 
