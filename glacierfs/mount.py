@@ -115,6 +115,9 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                                     selects=selects)
             source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
             signals = mounted.enter_context(_stop_signals())
+            # Resolved now: once mounted, touching the mount point from this thread would wait
+            # for the FUSE loop that this thread runs.
+            target = os.fsencode(os.path.realpath(mountpoint))
             try:
                 pyfuse3.init(ops, str(mountpoint), fuse_options(opts, source))
             except RuntimeError as exc:
@@ -126,7 +129,8 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 nursery.start_soon(retrieval.run)
                 nursery.start_soon(selects.run)
                 nursery.start_soon(_stop_on_signals, signals, retrieval.stop_waiting)
-                nursery.start_soon(_stop_when_unmounted, mountpoint, retrieval.stop_waiting)
+                nursery.start_soon(_stop_when_unmounted, mountpoint, target,
+                                   retrieval.stop_waiting)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
@@ -190,11 +194,12 @@ async def _stop_on_signals(signals: AsyncIterator[int], wake_readers: Callable[[
         pyfuse3.terminate()
 
 
-async def _stop_when_unmounted(mountpoint: Path, wake_readers: Callable[[], None]) -> None:
+async def _stop_when_unmounted(mountpoint: Path, target: bytes,
+                               wake_readers: Callable[[], None]) -> None:
     """A busy mount detached behind our back (``umount -l``, ``fusermount3 -u -z``) sends
-    the daemon nothing while a reader waits in a handler: notice it, answer the readers and
-    end the loop, as for SIGTERM."""
-    target = os.fsencode(os.path.realpath(mountpoint))
+    the daemon nothing while a reader waits in a handler: notice it (``target``: the mount
+    point's real path, as /proc/self/mountinfo spells it), answer the readers and end the
+    loop, as for SIGTERM. Never touches the mount point itself."""
     seen = False   # only a mount once seen can be seen gone (a path mountinfo spells otherwise)
     while True:
         await trio.sleep(UNMOUNT_CHECK)
