@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pyfuse3
 import trio
@@ -128,9 +128,9 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 notify.ready(f"mounted {source} on {mountpoint}")
                 nursery.start_soon(retrieval.run)
                 nursery.start_soon(selects.run)
-                nursery.start_soon(_stop_on_signals, signals, retrieval.stop_waiting)
+                nursery.start_soon(_stop_on_signals, signals, retrieval.answer_waiting)
                 nursery.start_soon(_stop_when_unmounted, mountpoint, target,
-                                   retrieval.stop_waiting)
+                                   retrieval.answer_waiting)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
@@ -176,13 +176,15 @@ def _stop_signals() -> Iterator[AsyncIterator[int]]:
         yield signals
 
 
-async def _stop_on_signals(signals: AsyncIterator[int], wake_readers: Callable[[], None]) -> None:
+async def _stop_on_signals(signals: AsyncIterator[int],
+                           answer_readers: Callable[[], Awaitable[None]]) -> None:
     """pyfuse3 installs no signal handlers: SIGTERM/SIGINT end the FUSE loop cleanly; a
     second signal while stopping changes nothing (the state is already on disk).
 
     ``terminate()`` ends the session loop, but ``main()`` then waits for every handler still
-    running: readers sleeping in their ``wait`` are woken first (they get an answer at once),
-    so the daemon exits within seconds whatever ``wait`` says."""
+    running (it cancels them, and a cancelled handler answers nothing: its caller sees the
+    connection aborted). So readers sleeping in their ``wait`` are woken and answered first,
+    and the daemon exits within seconds whatever ``wait`` says."""
     stopping = False
     async for signum in signals:
         if stopping:
@@ -190,12 +192,12 @@ async def _stop_on_signals(signals: AsyncIterator[int], wake_readers: Callable[[
             continue
         stopping = True
         log.info("signal %d: unmounting", signum)
-        wake_readers()
+        await answer_readers()
         pyfuse3.terminate()
 
 
 async def _stop_when_unmounted(mountpoint: Path, target: bytes,
-                               wake_readers: Callable[[], None]) -> None:
+                               answer_readers: Callable[[], Awaitable[None]]) -> None:
     """A busy mount detached behind our back (``umount -l``, ``fusermount3 -u -z``) sends
     the daemon nothing while a reader waits in a handler: notice it (``target``: the mount
     point's real path, as /proc/self/mountinfo spells it), answer the readers and end the
@@ -207,7 +209,7 @@ async def _stop_when_unmounted(mountpoint: Path, target: bytes,
         seen = seen or mounted
         if seen and not mounted:
             log.info("%s was unmounted: stopping", mountpoint)
-            wake_readers()
+            await answer_readers()
             pyfuse3.terminate()
             return
 

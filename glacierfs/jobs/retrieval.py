@@ -62,6 +62,7 @@ IN_FLIGHT_SHARE = 4
 # still changing hands (see room.py), so it is answered within seconds once it is not.
 ROOM_RECHECK = 3.0
 STOPPING = "the mount is stopping; the retrieval goes on and a remount serves it"
+STOP_ANSWER_WAIT = 2.0   # at most this long for woken readers to answer before the session ends
 
 
 class RetrievalError(Exception):
@@ -145,6 +146,15 @@ class Retrieval(Polling, StartQueue):
         self.stopping = True
         for scope in list(self._waits):
             scope.cancel()
+
+    async def answer_waiting(self, timeout: float = STOP_ANSWER_WAIT) -> None:
+        """``stop_waiting``, then let the woken readers send their answers (before the FUSE
+        session ends: ``pyfuse3.terminate`` cancels handlers, which then answer nothing and
+        their callers see the connection aborted)."""
+        self.stop_waiting()
+        with trio.move_on_after(timeout):
+            while self._waits:
+                await trio.sleep(0.01)
 
     @contextlib.contextmanager
     def _stoppable(self) -> Iterator[None]:
