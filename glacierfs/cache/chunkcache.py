@@ -354,6 +354,9 @@ class ChunkWriter:
             self._fd = None
             key = (_held_key if hold else _chunk_key)(self.layout, self.index)
             path, self._path = self._path, ""  # from here the commit owns the file
+            # Its row counts the chunk from now on: a reservation still held would count it
+            # twice in the trim after the commit, which then evicted a chunk for nothing.
+            self._release()
             self.cache._commit_prewritten(
                 key, _Prewritten(self._filename, path, self.length), actual)
         except BaseException as exc:

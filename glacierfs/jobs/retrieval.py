@@ -432,10 +432,13 @@ class Retrieval(Polling, StartQueue):
         return data
 
     async def _wait_chunks(self, archive_id: str, indexes: list[int], deadline: float) -> None:
+        """Until every chunk of ``indexes`` was reported (landed, or failed). Every waiter is
+        taken before the first wait: one taken after its chunk landed (while an earlier one
+        was waited for) would never be set, and the reader would sit out the whole wait."""
+        events = [self.downloader.waiter(archive_id, index) for index in indexes]
         with trio.move_on_at(deadline):
-            for index in indexes:
-                layout_has = self.downloader.waiter(archive_id, index)
-                await layout_has.wait()
+            for event in events:
+                await event.wait()
 
     async def run(self) -> None:
         """Background loops; returns only when cancelled."""
