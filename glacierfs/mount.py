@@ -201,30 +201,53 @@ async def _stop_when_unmounted(mountpoint: Path, target: bytes,
     """A busy mount detached behind our back (``umount -l``, ``fusermount3 -u -z``) sends
     the daemon nothing while a reader waits in a handler: notice it (``target``: the mount
     point's real path, as /proc/self/mountinfo spells it), answer the readers and end the
-    loop, as for SIGTERM. Never touches the mount point itself."""
-    seen = False   # only a mount once seen can be seen gone (a path mountinfo spells otherwise)
+    loop, as for SIGTERM.
+
+    /proc/self/mountinfo read while other mounts come and go may skip a line, so a mount is
+    taken as gone only when it is missing from two reads in a row and the path no longer
+    leads to our file system (its device differs: a stat in a worker thread, which the FUSE
+    loop answers)."""
+    device: int | None = None   # ours, once seen (a path mountinfo spells otherwise: never)
+    missed = 0
     while True:
         await trio.sleep(UNMOUNT_CHECK)
-        mounted = await trio.to_thread.run_sync(_is_mounted, target)
-        seen = seen or mounted
-        if seen and not mounted:
-            log.info("%s was unmounted: stopping", mountpoint)
-            await answer_readers()
-            pyfuse3.terminate()
-            return
+        found = await trio.to_thread.run_sync(_mounted_device, target)
+        if found is not None:
+            device = found if found >= 0 else device
+            missed = 0
+            continue
+        if device is None:
+            continue
+        missed += 1
+        if missed < 2 or await trio.to_thread.run_sync(_device_of, target,
+                                                       abandon_on_cancel=True) == device:
+            continue
+        log.info("%s was unmounted: stopping", mountpoint)
+        await answer_readers()
+        pyfuse3.terminate()
+        return
 
 
-def _is_mounted(target: bytes) -> bool:
-    """Is ``target`` a mount point in our namespace (/proc/self/mountinfo, octal-escaped)?"""
+def _mounted_device(target: bytes) -> int | None:
+    """The device of the mount on ``target`` (/proc/self/mountinfo, octal-escaped paths), or
+    None if none is there; an unreadable mountinfo counts as still mounted (-1)."""
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
                 fields = line.split(b" ")
                 if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
+                    major, _, minor = fields[2].partition(b":")
+                    return os.makedev(int(major), int(minor))
+    except (OSError, ValueError):
+        return -1
+    return None
+
+
+def _device_of(target: bytes) -> int | None:
+    try:
+        return os.stat(target).st_dev
     except OSError:
-        return True  # cannot tell: keep running
-    return False
+        return None
 
 
 def _unescape(field: bytes) -> bytes:

@@ -126,6 +126,7 @@ class Downloader:
         self._checking_held: set[str] = set()  # archives whose held chunks are being checked
         self._buffers: list[bytearray] = []
         self._parked: dict[tuple[str, int], tuple[int, ChunkTask]] = {}  # waiting for room
+        self._no_room_before: set[tuple[str, int]] = set()  # parked once: reserve, then ask
         self._room_freed = trio.Event()
         self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0,
                       "held_chunks": 0, "no_room": 0}
@@ -159,6 +160,7 @@ class Downloader:
             del self._queued[key]
         for key in [k for k in self._parked if k[0] == archive_id]:
             del self._parked[key]
+        self._no_room_before = {k for k in self._no_room_before if k[0] != archive_id}
 
     def is_downloading(self, archive_id: str) -> bool:
         """Queued or in flight (a chunk parked for want of room is not moving)."""
@@ -217,6 +219,7 @@ class Downloader:
         key = (task.layout.archive_id, task.index)
         self.stats["no_room"] += 1
         self._parked[key] = (priority, task)
+        self._no_room_before.add(key)
         self._notify(*key, error)
         log.debug("archive %s chunk %d: no room in the cache (%s); parked", key[0][:16],
                   key[1], error)
@@ -274,6 +277,8 @@ class Downloader:
             finally:
                 self._in_flight.discard(key)
                 self._priority.pop(key, None)
+                if key not in self._parked:
+                    self._no_room_before.discard(key)
 
     async def _fetch(self, task: ChunkTask) -> None:
         buffer = self._take_buffer(task.layout.chunk_length(task.index))
@@ -358,40 +363,40 @@ class Downloader:
 
     # --- in the worker thread -----------------------------------------------------------------
     def _receive(self, task: ChunkTask, view: memoryview) -> _Received:
-        """Fetch one chunk into ``view`` and store it as it arrives (blocking). Room for it is
-        made before the request: a chunk with no room (NoRoomError) costs no GetJobOutput."""
+        """Fetch one chunk into ``view`` and store it as it arrives (blocking). A chunk that
+        found no room before makes its room first, so waiting for room again costs no
+        GetJobOutput; others ask first (their file exists only while bytes arrive)."""
         layout, index = task.layout, task.index
         start, end = layout.chunk_range(index)
         length = end - start + 1
-        full: CacheFullError | None = None
-        writer: ChunkWriter | None = None
-        try:
-            writer = self.cache.chunk_writer(layout, index, view)
-        except NoRoomError:
-            raise  # nothing asked for: the chunk waits for room without holding a worker
-        except CacheFullError as exc:
-            full = exc  # the disk: keep the bytes in the buffer and store them later
+        prepared: tuple[ChunkWriter | None, CacheFullError | None] | None = None
+        if (layout.archive_id, index) in self._no_room_before:
+            try:
+                prepared = (self.cache.chunk_writer(layout, index, view), None)
+            except NoRoomError:
+                raise  # nothing asked for: it waits for room again, holding no worker
+            except CacheFullError as exc:
+                prepared = (None, exc)  # the disk: keep the bytes and store them later
         try:
             stream = self.client.client.open_job_output(
                 task.vault, task.job_id, max(0, start - task.output_start),
                 max(0, end - task.output_start))
             try:
                 if stream.whole:
-                    if writer is not None:
-                        writer.abort()  # the whole pass stores each chunk itself
-                        writer = None
+                    if prepared is not None and prepared[0] is not None:
+                        prepared[0].abort()  # the whole pass stores each chunk itself
+                    prepared = None
                     return self._receive_whole(task, stream, view)
                 if stream.length != length:
                     raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for "
                                                            f"bytes {start}-{end}")
                 checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
-                return self._receive_chunk(layout, index, stream, view, checksum,
-                                           (writer, full))
+                return self._receive_chunk(layout, index, stream, view, checksum, prepared)
             finally:
                 stream.close()
         finally:
-            if writer is not None:
-                writer.abort()  # a no-op after a commit
+            if prepared is not None and prepared[0] is not None:
+                prepared[0].abort()  # a no-op after a commit
 
     def _receive_chunk(self, layout: ArchiveLayout, index: int,
                        stream: glacier.JobOutputStream, view: memoryview,
