@@ -186,7 +186,23 @@ def read_file(path: Path, archive: Archive, ranges: int, rng: random.Random, tal
             spans = [(off, 128 * 1024) for off in range(0, archive.size, 128 * 1024)]
             spans.append((archive.size, 4096))  # end of file: nothing more
         for offset, n in spans:
-            compare(archive, offset, n, pread_ready(fd, n, offset, tally, stop), tally, path.name)
+            # As every tool does, a short read (fewer bytes than asked, before the end of the
+            # file) is followed by another read from where it stopped; only an empty read ends
+            # the span. A short read is counted, and an end of file before the file's size
+            # after one is an error of its own (and wrong bytes).
+            data = bytearray()
+            while len(data) < n:
+                piece = pread_ready(fd, n - len(data), offset + len(data), tally, stop)
+                if not piece:
+                    break
+                data += piece
+                if len(data) < n and offset + len(data) < archive.size:
+                    tally.add("short reads")
+            if offset + len(data) < min(offset + n, archive.size):
+                tally.add("early ends of file")
+                tally.error(f"{path.name}: end of file at {offset + len(data)} of "
+                            f"{archive.size} bytes, reading {n} at {offset}")
+            compare(archive, offset, n, bytes(data), tally, path.name)
         tally.add("range reads" if ranges else "whole-file reads")
     finally:
         with contextlib.suppress(OSError):
@@ -389,6 +405,9 @@ def soak(args: argparse.Namespace, sim, mnt: Path, state: Path,  # noqa: ANN001
         ("mismatched bytes", str(c["mismatched bytes"]), "", "",
          "must be 0: " + ("ok" if not c["mismatched bytes"] else "WRONG BYTES SERVED")),
         ("not-ready answers (EREMOTE, read again)", str(c["not-ready answers"]), "", "", "report"),
+        ("short reads (read on) / early ends of file after one",
+         f"{c['short reads']} / {c['early ends of file']}", "", "",
+         "must be 0 early ends: " + ("ok" if not c["early ends of file"] else "EARLY EOF")),
         ("listings / stats", f"{c['listings']} / {c['stats']}", "", "", "report"),
         ("xattr reads / restore requests", f"{c['xattr reads']} / {c['restore requests']}",
          "", "", "report"),

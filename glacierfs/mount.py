@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pyfuse3
 import trio
@@ -41,6 +42,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # A first mount needs the vault list; an endpoint that accepts connections but never answers
 # would otherwise hold the mount command for botocore's timeouts times its retries (minutes).
 FIRST_LIST_TIMEOUT = 30.0
+UNMOUNT_CHECK = 2.0     # seconds between looks whether the mount was detached behind our back
 
 
 class MountError(Exception):
@@ -133,6 +135,9 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                                     selects=selects)
             source = opts.region if opts.account_id == "-" else f"{opts.account_id}@{opts.region}"
             signals = mounted.enter_context(_stop_signals())
+            # Resolved now: once mounted, touching the mount point from this thread would wait
+            # for the FUSE loop that this thread runs.
+            target = os.fsencode(os.path.realpath(mountpoint))
             try:
                 pyfuse3.init(ops, str(mountpoint), fuse_options(opts, source))
             except RuntimeError as exc:
@@ -145,11 +150,14 @@ async def run_mount(opts: MountOptions, mountpoint: Path, ready: Callable[[], No
                 nursery.start_soon(selects.run)
                 if listener is not None:
                     nursery.start_soon(listener.run)
-                nursery.start_soon(_stop_on_signals, signals)
+                nursery.start_soon(_stop_on_signals, signals, retrieval.answer_waiting)
+                nursery.start_soon(_stop_when_unmounted, mountpoint, target,
+                                   retrieval.answer_waiting)
                 nursery.start_soon(readahead.apply, mountpoint, opts.readahead)
                 if stored:
                     nursery.start_soon(_refresh_vault_list, opts, ns, aclient)
                 await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_WORKERS)
+                retrieval.stop_waiting()
                 notify.stopping(f"unmounting {mountpoint}")
                 nursery.cancel_scope.cancel()
             finally:
@@ -190,9 +198,15 @@ def _stop_signals() -> Iterator[AsyncIterator[int]]:
         yield signals
 
 
-async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
+async def _stop_on_signals(signals: AsyncIterator[int],
+                           answer_readers: Callable[[], Awaitable[None]]) -> None:
     """pyfuse3 installs no signal handlers: SIGTERM/SIGINT end the FUSE loop cleanly; a
-    second signal while stopping changes nothing (the state is already on disk)."""
+    second signal while stopping changes nothing (the state is already on disk).
+
+    ``terminate()`` ends the session loop, but ``main()`` then waits for every handler still
+    running (it cancels them, and a cancelled handler answers nothing: its caller sees the
+    connection aborted). So readers sleeping in their ``wait`` are woken and answered first,
+    and the daemon exits within seconds whatever ``wait`` says."""
     stopping = False
     async for signum in signals:
         if stopping:
@@ -200,4 +214,64 @@ async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
             continue
         stopping = True
         log.info("signal %d: unmounting", signum)
+        await answer_readers()
         pyfuse3.terminate()
+
+
+async def _stop_when_unmounted(mountpoint: Path, target: bytes,
+                               answer_readers: Callable[[], Awaitable[None]]) -> None:
+    """A busy mount detached behind our back (``umount -l``, ``fusermount3 -u -z``) sends
+    the daemon nothing while a reader waits in a handler: notice it (``target``: the mount
+    point's real path, as /proc/self/mountinfo spells it), answer the readers and end the
+    loop, as for SIGTERM.
+
+    /proc/self/mountinfo read while other mounts come and go may skip a line, so a mount is
+    taken as gone only when it is missing from two reads in a row and the path no longer
+    leads to our file system (its device differs: a stat in a worker thread, which the FUSE
+    loop answers)."""
+    device: int | None = None   # ours, once seen (a path mountinfo spells otherwise: never)
+    missed = 0
+    while True:
+        await trio.sleep(UNMOUNT_CHECK)
+        found = await trio.to_thread.run_sync(_mounted_device, target)
+        if found is not None:
+            device = found if found >= 0 else device
+            missed = 0
+            continue
+        if device is None:
+            continue
+        missed += 1
+        if missed < 2 or await trio.to_thread.run_sync(_device_of, target,
+                                                       abandon_on_cancel=True) == device:
+            continue
+        log.info("%s was unmounted: stopping", mountpoint)
+        await answer_readers()
+        pyfuse3.terminate()
+        return
+
+
+def _mounted_device(target: bytes) -> int | None:
+    """The device of the mount on ``target`` (/proc/self/mountinfo, octal-escaped paths), or
+    None if none is there; an unreadable mountinfo counts as still mounted (-1)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    major, _, minor = fields[2].partition(b":")
+                    return os.makedev(int(major), int(minor))
+    except (OSError, ValueError):
+        return -1
+    return None
+
+
+def _device_of(target: bytes) -> int | None:
+    try:
+        return os.stat(target).st_dev
+    except OSError:
+        return None
+
+
+def _unescape(field: bytes) -> bytes:
+    return field.replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(
+        b"\\012", b"\n").replace(b"\\134", b"\\")

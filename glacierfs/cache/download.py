@@ -14,7 +14,13 @@ Endpoints that send no tree hash per range, or answer a ranged request with the 
 every chunk is held or verified their folded root must equal the inventory's tree hash before
 the cache makes them readable (``ChunkCache.promote_held``); otherwise the archive fails with the
 reason and nothing is kept. Readers of a held chunk wait for that decision. A whole-output
-answer is read once, chunk after chunk, by one worker.
+answer is read once, chunk after chunk, by one worker, into a buffer of a whole chunk whatever
+chunk that worker was asked for (the archive's last chunk may be a few bytes).
+
+A chunk that finds no room in the cache (``NoRoomError``: the size limit is reached and nothing
+there may be evicted) never holds a worker: the worker gives its slot back and the chunk waits,
+*parked*, until ``room_freed`` (the cache room released a restore) or NO_ROOM_PAUSE, then is
+queued again. Its readers are told at once (``take_error``) so they can answer why.
 
 Runs on the trio thread; each fetch (socket reads) runs in a worker thread behind the client's
 limiter, the hashing and disk writes on the hashing pool.
@@ -35,8 +41,9 @@ import trio
 from glacierfs import diskfull, treehash
 from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import ChunkCache
-from glacierfs.cache.errors import CacheFullError, ChunkVerificationError, NotCached
+from glacierfs.cache.errors import CacheFullError, ChunkVerificationError, NoRoomError, NotCached
 from glacierfs.cache.layout import ArchiveLayout
+from glacierfs.cache.writer import ChunkWriter
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB
 
@@ -50,6 +57,10 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 DISK_FULL_PAUSE = 15.0        # how long a chunk that found the disk full waits before retrying
 ROUND_PAUSE = 60.0            # a chunk that used up its attempts tries again this much later
+# A chunk that found no room (the cache holds only data it may not evict: restored files not
+# yet read, chunks in flight) gives its worker back and is queued again when room is freed, or
+# after this long at most (chunks in flight land and become evictable without any event).
+NO_ROOM_PAUSE = 2.0
 # Socket reads go into the chunk's buffer this much at a time: one leaf, so each leaf is hashed
 # and written while the next arrives.
 READ_BLOCK = MIB
@@ -99,6 +110,7 @@ class Downloader:
         self._heap: list[tuple[int, int, ChunkTask]] = []
         self._queued: dict[tuple[str, int], int] = {}    # (archive, index) -> priority queued at
         self._in_flight: set[tuple[str, int]] = set()
+        self._priority: dict[tuple[str, int], int] = {}   # of the chunks in flight
         self._waiters: dict[tuple[str, int], trio.Event] = {}
         self._errors: dict[tuple[str, int], BaseException] = {}
         self._seq = itertools.count()
@@ -115,8 +127,11 @@ class Downloader:
         self._whole_lock = threading.Lock()
         self._checking_held: set[str] = set()  # archives whose held chunks are being checked
         self._buffers: list[bytearray] = []
+        self._parked: dict[tuple[str, int], tuple[int, ChunkTask]] = {}  # waiting for room
+        self._no_room_before: set[tuple[str, int]] = set()  # parked once: reserve, then ask
+        self._room_freed = trio.Event()
         self.stats = {"chunks": 0, "bytes_verified": 0, "retries": 0, "corrupt_chunks": 0,
-                      "held_chunks": 0}
+                      "held_chunks": 0, "no_room": 0}
 
     # --- queueing -----------------------------------------------------------------------
     def enqueue(self, vault: str, job_id: str, layout: ArchiveLayout, indexes: list[int],
@@ -126,6 +141,11 @@ class Downloader:
         for index in indexes:
             key = (layout.archive_id, index)
             if key in self._in_flight:
+                continue
+            parked = self._parked.get(key)
+            if parked is not None:  # waits for room: queued again when room is freed
+                if priority < parked[0]:
+                    self._parked[key] = (priority, parked[1])
                 continue
             queued_at = self._queued.get(key)
             if queued_at is not None and queued_at <= priority:
@@ -140,9 +160,21 @@ class Downloader:
         self._cancelled.add(archive_id)
         for key in [k for k in self._queued if k[0] == archive_id]:
             del self._queued[key]
+        for key in [k for k in self._parked if k[0] == archive_id]:
+            del self._parked[key]
+        self._no_room_before = {k for k in self._no_room_before if k[0] != archive_id}
 
     def is_downloading(self, archive_id: str) -> bool:
+        """Queued or in flight (a chunk parked for want of room is not moving)."""
         return any(k[0] == archive_id for k in itertools.chain(self._queued, self._in_flight))
+
+    def is_parked(self, archive_id: str, index: int) -> bool:
+        """Is this chunk waiting for cache room (not queued, not in flight)?"""
+        return (archive_id, index) in self._parked
+
+    def room_freed(self) -> None:
+        """Room appeared (a restore was read, or released): parked chunks try again now."""
+        self._room_freed.set()
 
     def waiter(self, archive_id: str, index: int) -> trio.Event:
         key = (archive_id, index)
@@ -166,8 +198,33 @@ class Downloader:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._unpark_loop)
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
+
+    async def _unpark_loop(self) -> None:
+        """Queue parked chunks again once room is freed, or every NO_ROOM_PAUSE."""
+        while True:
+            with trio.move_on_after(NO_ROOM_PAUSE):
+                await self._room_freed.wait()
+            self._room_freed = trio.Event()
+            if not self._parked:
+                continue
+            parked, self._parked = self._parked, {}
+            for (archive_id, index), (priority, task) in parked.items():
+                if archive_id not in self._cancelled:
+                    self.enqueue(task.vault, task.job_id, task.layout, [index], priority,
+                                 output_start=task.output_start)
+
+    def _park(self, task: ChunkTask, priority: int, error: NoRoomError) -> None:
+        """No room for this chunk now: its worker goes on with other chunks; it waits."""
+        key = (task.layout.archive_id, task.index)
+        self.stats["no_room"] += 1
+        self._parked[key] = (priority, task)
+        self._no_room_before.add(key)
+        self._notify(*key, error)
+        log.debug("archive %s chunk %d: no room in the cache (%s); parked", key[0][:16],
+                  key[1], error)
 
     async def _next_task(self) -> ChunkTask:
         while True:
@@ -191,6 +248,7 @@ class Downloader:
                         self._nursery.start_soon(self._check_held, task)
                     continue
                 self._in_flight.add(key)
+                self._priority[key] = priority
                 return task
             # Idle workers share one event: replacing it per worker (as before) left all but
             # the last one asleep for ever, so downloads ran one chunk at a time.
@@ -206,6 +264,8 @@ class Downloader:
             key = (task.layout.archive_id, task.index)
             try:
                 await self._fetch(task)
+            except NoRoomError as exc:
+                self._park(task, self._priority.get(key, BACKGROUND), exc)
             except Exception as exc:  # the local disk, or a bug: a pause for this chunk only
                 if isinstance(exc, LOCAL_ERRORS):
                     log.warning("archive %s chunk %d: %s; retrying later", key[0][:16], key[1],
@@ -218,6 +278,9 @@ class Downloader:
                 self._retry_later(task)
             finally:
                 self._in_flight.discard(key)
+                self._priority.pop(key, None)
+                if key not in self._parked:
+                    self._no_room_before.discard(key)
 
     async def _fetch(self, task: ChunkTask) -> None:
         buffer = self._take_buffer(task.layout.chunk_length(task.index))
@@ -239,6 +302,8 @@ class Downloader:
                         raise got.full  # held bytes cannot be checked alone: fetch them again
                     if not await self._store(task, view[:end - start + 1], got.checksum):
                         return
+            except NoRoomError:
+                raise  # the worker parks the chunk and goes on (see _worker)
             except CacheFullError as exc:
                 self._notify(layout.archive_id, index, exc)
                 log.warning("cache disk full while storing archive %s chunk %d; retrying in "
@@ -300,33 +365,57 @@ class Downloader:
 
     # --- in the worker thread -----------------------------------------------------------------
     def _receive(self, task: ChunkTask, view: memoryview) -> _Received:
-        """Fetch one chunk into ``view`` and store it as it arrives (blocking)."""
+        """Fetch one chunk into ``view`` and store it as it arrives (blocking). A chunk that
+        found no room before makes its room first, so waiting for room again costs no
+        GetJobOutput; others ask first (their file exists only while bytes arrive)."""
         layout, index = task.layout, task.index
         start, end = layout.chunk_range(index)
         length = end - start + 1
-        stream = self.client.client.open_job_output(
-            task.vault, task.job_id, max(0, start - task.output_start),
-            max(0, end - task.output_start))
+        prepared: tuple[ChunkWriter | None, CacheFullError | None] | None = None
+        if (layout.archive_id, index) in self._no_room_before:
+            try:
+                prepared = (self.cache.chunk_writer(layout, index, view), None)
+            except NoRoomError:
+                raise  # nothing asked for: it waits for room again, holding no worker
+            except CacheFullError as exc:
+                prepared = (None, exc)  # the disk: keep the bytes and store them later
         try:
-            if stream.whole:
-                return self._receive_whole(task, stream, view)
-            if stream.length != length:
-                raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for bytes "
-                                                       f"{start}-{end}")
-            checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
-            return self._receive_chunk(layout, index, stream, view, checksum)
+            stream = self.client.client.open_job_output(
+                task.vault, task.job_id, max(0, start - task.output_start),
+                max(0, end - task.output_start))
+            try:
+                if stream.whole:
+                    if prepared is not None and prepared[0] is not None:
+                        prepared[0].abort()  # the whole pass stores each chunk itself
+                    prepared = None
+                    return self._receive_whole(task, stream, view)
+                if stream.length != length:
+                    raise glacier.Unreachable("ShortBody", f"{stream.length}-byte body for "
+                                                           f"bytes {start}-{end}")
+                checksum = bytes.fromhex(stream.checksum) if stream.checksum else None
+                return self._receive_chunk(layout, index, stream, view, checksum, prepared)
+            finally:
+                stream.close()
         finally:
-            stream.close()
+            if prepared is not None and prepared[0] is not None:
+                prepared[0].abort()  # a no-op after a commit
 
     def _receive_chunk(self, layout: ArchiveLayout, index: int,
                        stream: glacier.JobOutputStream, view: memoryview,
-                       checksum: bytes | None) -> _Received:
+                       checksum: bytes | None,
+                       prepared: tuple[ChunkWriter | None, CacheFullError | None] | None = None,
+                       ) -> _Received:
         length = layout.chunk_length(index)
-        full: CacheFullError | None = None
-        try:
-            writer = self.cache.chunk_writer(layout, index, view)
-        except CacheFullError as exc:
-            writer, full = None, exc  # keep the bytes in the buffer and store them later
+        if prepared is not None:
+            writer, full = prepared
+        else:
+            full = None
+            try:
+                writer = self.cache.chunk_writer(layout, index, view)
+            except NoRoomError:
+                raise  # the whole pass stops here; the chunk waits for room
+            except CacheFullError as exc:
+                writer, full = None, exc  # keep the bytes in the buffer and store them later
         try:
             got = 0
             while got < length:
@@ -358,6 +447,10 @@ class Downloader:
             if archive_id in self._whole_busy:
                 return _Received(elsewhere=True)
             self._whole_busy.add(archive_id)
+        # The worker's buffer fits the chunk it was asked for, which may be the archive's
+        # short last one; the pass stores every chunk, so it needs room for a whole one.
+        if len(view) < layout.chunk_length(0):
+            view = memoryview(bytearray(layout.chunk_length(0)))
         try:
             log.info("archive %s: the endpoint answered a ranged request with the whole "
                      "output; reading it once and verifying it as a whole", archive_id[:16])
@@ -457,6 +550,8 @@ class Downloader:
                 await trio.to_thread.run_sync(self.cache.put_chunk, task.layout, task.index,
                                               data, checksum)
                 return True
+            except NoRoomError:
+                raise  # full of data that may not go: parked, fetched again when room is freed
             except CacheFullError as exc:
                 self._notify(task.layout.archive_id, task.index, exc)
                 log.warning("cache disk full while storing archive %s chunk %d; holding it "

@@ -28,6 +28,8 @@ EVICTED_REASON = "downloaded and verified, since evicted"   # glacierfs/jobs/ret
 # `wait` gives up when everything left waits for cache room that only a reader can free, and
 # nothing else is under way, for this long (the daemon's queue looks again every few seconds).
 STUCK_AFTER = 6.0
+TOO_LARGE_FIX = ("read it as a stream (cat, cp or dd through the mount: it is downloaded as it "
+                 "is read, from the same job), or remount with a larger cache_size")
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -315,13 +317,37 @@ def cmd_restore(argv: list[str]) -> int:
         req_bytes += st.size
     print(f"requested {requested} archives ({human(req_bytes)}); {cached} already cached, "
           f"{running} already in progress" + (f", {failed} failed" if failed else ""))
-    waiting = [st for st in map(file_state, asked) if st is not None and st.waits_for_room]
+    states = [st for st in map(file_state, asked) if st is not None]
+    capacities: dict[Path, int | None] = {}
+    large = [st for st in states if _too_large(st, capacities)]
+    if large:
+        print(f"{len(large)} of them ({human(sum(st.size for st in large))}) are larger than "
+              f"the cache room ({human(max(c or 0 for c in capacities.values()))}) and can "
+              f"never be held whole: {TOO_LARGE_FIX}")
+        for st in large:
+            print(f"  {st.path} ({human(st.size)})")
+    waiting = [st for st in states if st.waits_for_room and st not in large]
     if waiting:
         print(f"{len(waiting)} of them ({human(sum(st.size for st in waiting))}) exceed the "
               "cache room and wait: restored files stay cached until read, and each starts "
               "as reading earlier ones frees room (glacierfs copy does that batch by batch); "
               "or raise cache_size")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _too_large(st: FileState, known: dict[Path, int | None]) -> bool:
+    """Is the file larger than its mount's cache room (so it can never be cached whole)?"""
+    if st.cache == "cached":
+        return False
+    mnt = mount_of(st.path)
+    if mnt is None:
+        return False
+    if mnt not in known:
+        raw = read_xattr(mnt, STATUS_XATTR)
+        capacity = json.loads(raw).get("cache", {}).get("capacity") if raw else None
+        known[mnt] = int(capacity) if capacity else None
+    capacity = known[mnt]
+    return capacity is not None and st.size > capacity
 
 
 def _mount_tier(path: Path, known: dict[Path, str | None]) -> str | None:
@@ -338,7 +364,9 @@ def cmd_wait(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="glacierfs wait",
                                 description="Wait until files are cached. Exit 0 when all are, "
                                             "1 if a retrieval failed, 3 on timeout, 4 when the rest "
-                                            "waits for cache room only a reader can free.")
+                                            "waits for cache room only a reader can free, or "
+                                            "can never be cached whole (larger than the "
+                                            "cache).")
     p.add_argument("paths", nargs="+")
     p.add_argument("-r", "--recursive", action="store_true")
     p.add_argument("--timeout", type=seconds, default=None, help="seconds (default: no limit)")
@@ -353,6 +381,7 @@ def cmd_wait(argv: list[str]) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     tty = sys.stderr.isatty()
     stuck_since: float | None = None
+    capacities: dict[Path, int | None] = {}
     while True:
         states = [s for s in (file_state(f) for f in files) if s is not None]
         total = sum(s.size for s in states)
@@ -368,7 +397,8 @@ def cmd_wait(argv: list[str]) -> int:
         stuck = bool(left) and all(s.waits_for_room or s.evicted for s in left) \
             and not _mount_busy(left)
         stuck_since = (stuck_since or time.monotonic()) if stuck else None
-        if ready == len(states) or failed or not_requested or \
+        large = [s for s in left if _too_large(s, capacities)]
+        if ready == len(states) or failed or not_requested or large or \
                 (stuck_since and time.monotonic() - stuck_since >= STUCK_AFTER) or \
                 (deadline and time.monotonic() >= deadline):
             break
@@ -387,6 +417,11 @@ def cmd_wait(argv: list[str]) -> int:
         print(f"glacierfs wait: {len(not_requested)} files have no retrieval "
               "(run glacierfs restore first)", file=sys.stderr)
         return EXIT_FAILED
+    if large:
+        for s in large:
+            print(f"glacierfs wait: {s.path} ({human(s.size)}) is larger than the cache room "
+                  f"and can never be cached whole: {TOO_LARGE_FIX}", file=sys.stderr)
+        return EXIT_STUCK
     if stuck_since:
         evicted = sum(1 for s in states if s.evicted)
         if evicted:

@@ -12,7 +12,9 @@ Semantics (the README's table is generated from the same decisions):
   (``retrieve=manual``, crawlers), EACCES when the caller may not start one on this mount
   (``retrieve_users``, jobs/spenders.py: the reader's restore requests are refused the same
   way), EIO when the job failed or the bytes could not be verified, ENOSPC when the cache disk
-  is full. Never EAGAIN, EINTR or EINPROGRESS there: Python's io
+  is full, or when its room is held by restored files nobody reads and nothing else will free
+  it (the job's status message says which). While the mount stops, a waiting read is answered
+  EREMOTE at once (the retrieval goes on). Never EAGAIN, EINTR or EINPROGRESS there: Python's io
   reads EAGAIN as "no data yet on a non-blocking descriptor" (``read()`` returns None,
   ``shutil.copy`` writes an empty file) and EINTR is retried forever. Only a handle opened
   with O_NONBLOCK gets EAGAIN, which there means exactly "try again";
@@ -40,8 +42,8 @@ from glacierfs.fuse import xattrs
 from glacierfs.diskfull import describe, is_disk_full
 from glacierfs.catalog.namespace import Entry, Namespace
 from glacierfs.options import TIERS, MountOptions
-from glacierfs.jobs.retrieval import (CacheFull, NotReady, NotRequested, Retrieval, RetrievalError,
-                                 RetrievalFailed)
+from glacierfs.jobs.retrieval import (CacheFull, NoRoom, NotReady, NotRequested, Retrieval,
+                                     RetrievalError, RetrievalFailed)
 from glacierfs.jobs.selectjobs import SelectJobs
 from glacierfs.jobs.spenders import Requester, Spenders, asking
 from glacierfs.jobs.selectspec import SELECT_XATTR, SelectRequest, SpecError
@@ -79,6 +81,7 @@ _ERRNO: dict[type[BaseException], int] = {
     NotRequested: errno.ENODATA,
     RetrievalFailed: errno.EIO,
     CacheFull: errno.ENOSPC,
+    NoRoom: errno.ENOSPC,
 }
 
 

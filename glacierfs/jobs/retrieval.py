@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import trio
@@ -61,6 +61,11 @@ EVICTED = ("downloaded and verified, since evicted from the cache; a read downlo
            "(from the same job while Glacier keeps its output, else from a new job)")
 # Chunks in flight are kept to 1/IN_FLIGHT_SHARE of the cache (see download_streams).
 IN_FLIGHT_SHARE = 4
+# A reader whose retrieval waits for cache room looks again this often whether that room is
+# still changing hands (see room.py), so it is answered within seconds once it is not.
+ROOM_RECHECK = 3.0
+STOPPING = "the mount is stopping; the retrieval goes on and a remount serves it"
+STOP_ANSWER_WAIT = 2.0   # at most this long for woken readers to answer before the session ends
 
 
 class RetrievalError(Exception):
@@ -81,6 +86,11 @@ class RetrievalFailed(RetrievalError):
 
 class CacheFull(RetrievalError):
     """The cache disk is full (ENOSPC)."""
+
+
+class NoRoom(CacheFull):
+    """The cache is full of restored files nobody reads, and nothing else will free room for
+    this read: answered at once (ENOSPC), the reason and the way out in the job's message."""
 
 
 class _PendingRequest(NamedTuple):
@@ -106,7 +116,7 @@ class Retrieval(Polling, StartQueue):
         self.room = room or CacheRoom(jobstore.store, cache.size_limit)
         if cache.evictable is None:
             cache.evictable = self.room.evictable
-        self.room.on_release = self._queue_wake_set
+        self.room.on_release = self._room_released
         self.records: dict[str, JobRecord] = jobstore.load_all()  # by JobRecord.key
         self.ranges = RangeBook(self.records, options, cache)
         self.downloader = Downloader(client, cache, self,
@@ -126,6 +136,43 @@ class Retrieval(Polling, StartQueue):
         # Other paid jobs in flight that count against max_jobs (select jobs: selectjobs.py).
         self.extra_in_flight: Callable[[], int] = lambda: 0
         self.notices = None  # completion notices through SQS (notices.py), set by the mount
+        # Readers waiting in ``read``/``request_within``: woken at once when the mount stops.
+        self.stopping = False
+        self._waits: set[trio.CancelScope] = set()
+
+    def _room_released(self) -> None:
+        self._queue_wake_set()
+        self.downloader.room_freed()
+
+    def stop_waiting(self) -> None:
+        """The mount is stopping (SIGTERM, unmount): every reader waiting here gets an answer
+        now, whatever ``wait`` says, so the FUSE loop can end within seconds."""
+        self.stopping = True
+        for scope in list(self._waits):
+            scope.cancel()
+
+    async def answer_waiting(self, timeout: float = STOP_ANSWER_WAIT) -> None:
+        """``stop_waiting``, then let the woken readers send their answers (before the FUSE
+        session ends: ``pyfuse3.terminate`` cancels handlers, which then answer nothing and
+        their callers see the connection aborted)."""
+        self.stop_waiting()
+        with trio.move_on_after(timeout):
+            while self._waits:
+                await trio.sleep(0.01)
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A reader's wait that ``stop_waiting`` ends with NotReady(STOPPING)."""
+        if self.stopping:
+            raise NotReady(STOPPING)
+        with trio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                yield
+            finally:
+                self._waits.discard(scope)
+        if scope.cancelled_caught:
+            raise NotReady(STOPPING)
 
     def record(self, archive_id: str) -> JobRecord | None:
         """The archive's job record; while its request still waits for Glacier's first answer
@@ -276,7 +323,8 @@ class Retrieval(Polling, StartQueue):
                     done.set()
 
             self._nursery.start_soon(in_background)
-        with trio.move_on_at(max(pending.window_end, trio.current_time() + wait)):
+        with self._stoppable(), trio.move_on_at(max(pending.window_end,
+                                                    trio.current_time() + wait)):
             await pending.done.wait()
         if not pending.done.is_set():
             raise NotReady("starting the retrieval: Glacier has not answered yet")
@@ -290,8 +338,12 @@ class Retrieval(Polling, StartQueue):
         """Verified bytes of a file, from the cache; starts or joins a retrieval if needed.
 
         Waits are bounded: ``wait`` seconds for a job to finish, CHUNK_WAIT for chunks of a
-        finished job, so a FUSE worker is never held for hours.
+        finished job, so a FUSE worker is never held for hours; ``stop_waiting`` ends them.
         """
+        with self._stoppable():
+            return await self._read(entry, offset, size, may_start)
+
+    async def _read(self, entry: Entry, offset: int, size: int, may_start: bool) -> bytes:
         layout = self.layout(entry)
         archive_id = layout.archive_id
         deadline = trio.current_time() + self.options.wait
@@ -331,6 +383,8 @@ class Retrieval(Polling, StartQueue):
                 mine = [i for i in missing if self.ranges.covers(rec, layout, i)]
                 self.downloader.enqueue(rec.vault, rec.job_id, layout, mine, FOREGROUND,
                                         output_start=rec.range_start)
+                if any(self.downloader.is_parked(archive_id, i) for i in mine):
+                    self._answer_no_room(archive_id)  # waiting for room: no use waiting here
                 await self._wait_chunks(archive_id, mine,
                                         max(deadline, trio.current_time() + CHUNK_WAIT))
                 try:
@@ -344,17 +398,22 @@ class Retrieval(Polling, StartQueue):
                 for index in missing:
                     error = self.downloader.take_error(archive_id, index)
                     if isinstance(error, NoRoomError):
-                        raise NotReady(self._no_room(archive_id))
+                        self._answer_no_room(archive_id)
                     if isinstance(error, CacheFullError):
                         raise CacheFull(str(error))
                 rec = self._unit(layout, missing[0])
                 if rec is not None and rec.state == FAILED:
                     raise RetrievalFailed(rec.status_message or "retrieval failed")
                 raise NotReady("downloading")
+            waits_for_room = rec.state == QUEUED and \
+                (rec.status_message or "").startswith(ROOM_REASON)
+            if waits_for_room and self.room.idle(self.downloader.is_downloading):
+                raise NoRoom(rec.status_message or ROOM_REASON)
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 raise NotReady(f"retrieval {rec.public_status}")
-            with trio.move_on_after(remaining):
+            with trio.move_on_after(min(remaining, ROOM_RECHECK) if waits_for_room
+                                    else remaining):
                 await self._changed_event(archive_id).wait()
 
     def _read_ahead(self, entry: Entry, layout: ArchiveLayout, offset: int, end: int) -> None:
@@ -380,10 +439,13 @@ class Retrieval(Polling, StartQueue):
         return data
 
     async def _wait_chunks(self, archive_id: str, indexes: list[int], deadline: float) -> None:
+        """Until every chunk of ``indexes`` was reported (landed, or failed). Every waiter is
+        taken before the first wait: one taken after its chunk landed (while an earlier one
+        was waited for) would never be set, and the reader would sit out the whole wait."""
+        events = [self.downloader.waiter(archive_id, index) for index in indexes]
         with trio.move_on_at(deadline):
-            for index in indexes:
-                layout_has = self.downloader.waiter(archive_id, index)
-                await layout_has.wait()
+            for event in events:
+                await event.wait()
 
     async def run(self) -> None:
         """Background loops; returns only when cancelled."""
@@ -442,11 +504,21 @@ class Retrieval(Polling, StartQueue):
                 self._fail(rec, reason)
 
     async def archive_complete(self, archive_id: str) -> None:
+        if self.room.is_held(archive_id):
+            self.room.touch()   # its reader's clock starts now
         for rec in self.ranges.of_archive(archive_id):
             rec.status_message = DOWNLOADED
             self._save(rec)
         log.info("archive %s is cached and verified", archive_id[:16])
         self._signal(archive_id)
+
+    def _answer_no_room(self, archive_id: str) -> None:
+        """A chunk the reader needs waits for room: NotReady while held restores move,
+        NoRoom (answered at once) once they sit unread."""
+        message = self._no_room(archive_id)
+        if self.room.idle(self.downloader.is_downloading):
+            raise NoRoom(message)
+        raise NotReady(message)
 
     def _no_room(self, archive_id: str) -> str:
         """A job that exists (adopted, or started before the room filled) waits to download
@@ -470,6 +542,7 @@ class Retrieval(Polling, StartQueue):
 def download_streams(options: MountOptions, cache_limit: int) -> int:
     """``downloads``, but never more chunks in flight than a quarter of the cache holds:
     in a cache of a few chunks, parallel downloads evict each other's chunks before their
-    readers get to them, and every reader starves."""
-    return max(min(2, options.downloads),
-               min(options.downloads, cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))
+    readers get to them, and every reader starves. One stream is enough to stay live: a
+    chunk that finds no room gives its worker back (download.py)."""
+    return max(1, min(options.downloads,
+                      cache_limit // (IN_FLIGHT_SHARE * options.chunk_size)))

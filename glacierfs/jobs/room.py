@@ -14,12 +14,22 @@ the archive has been read through the mount (``note_read``; ``glacierfs copy``, 
 ``rsync`` read files whole), which is what frees room for the next files.
 
 A foreground reader of an archive that was not restored explicitly gets no pin: its chunks may
-be evicted (least recently used, among unpinned chunks only). When pinned bytes leave no room
-for it, its retrieval waits for room like any other and the read answers "not ready" with the
-reason in ``user.glacier.job.status_message``; it never evicts restored data that is unread.
+be evicted (least recently used, among unpinned chunks only). It never evicts restored data
+that is unread. How held restores yield to readers instead:
 
-An archive larger than the whole room cannot be held: it is not pinned, and it starts only
-when nothing is held, so it is read as it is downloaded (ranged retrievals serve it better).
+* a request waiting for room holds back no other request (the start queue): whatever fits
+  beside the held bytes starts, in request order among those that fit, so a small read or a
+  ``glacierfs copy`` is never queued behind restores that wait for room;
+* when held bytes leave no room for a reader's archive, its retrieval waits for room and the
+  read answers "not ready" (EREMOTE) only while that room is changing hands: a held restore
+  was started, downloaded or read within ROOM_IDLE seconds (``idle``). Once every held restore
+  sits unread, nothing will serve the read, and it fails at once with the reason and the way out
+  (ENOSPC: read or copy the restored files, or raise cache_size). The request stays queued and
+  starts by itself as soon as room is freed.
+
+An archive larger than the whole room cannot be held: it is not pinned (``too_large``), and it
+starts only when nothing is held, so it is read as it is downloaded (ranged retrievals serve it
+better); ``glacierfs restore`` and ``wait`` say so at once.
 
 Pins persist in the state database (table ``pins``), so a remount keeps restored data. The
 chunks read of each pinned archive are kept in memory only: after a restart a file must be read
@@ -30,6 +40,7 @@ chunk store's worker threads (a set lookup, safe under the GIL).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from glacierfs.formatting import human
@@ -43,6 +54,9 @@ log = logging.getLogger(__name__)
 MARGIN_FRACTION = 1 / 64
 MIN_MARGIN = 4 * 1024 * 1024
 ROOM_REASON = "waiting for cache room"   # prefix of the Queued message; `glacierfs wait` reads it
+# Held restores that nobody started, downloaded or read for this long are taken as sitting
+# unread: a reader waiting for their room is then answered at once (see the module doc).
+ROOM_IDLE = 15.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pins (
@@ -68,6 +82,7 @@ class CacheRoom:
         self._held: dict[str, int] = {a: s for a, s, held in rows if held}
         self._read: dict[str, set[int]] = {}       # chunks read since the pin, per archive
         self.on_release: Callable[[], None] = lambda: None   # room appeared
+        self.active_at = time.monotonic()   # a held restore last started, landed or was read
 
     # --- queries ---------------------------------------------------------------------------
     def evictable(self, archive_id: str) -> bool:
@@ -79,6 +94,21 @@ class CacheRoom:
 
     def is_held(self, archive_id: str) -> bool:
         return archive_id in self._held
+
+    def too_large(self, size: int) -> bool:
+        """Can an archive of ``size`` bytes never be held whole?"""
+        return size > self.capacity
+
+    def touch(self) -> None:
+        """A held restore moved (started, downloaded a chunk, was read)."""
+        self.active_at = time.monotonic()
+
+    def idle(self, busy: Callable[[str], bool] = lambda a: False) -> bool:
+        """Do held restores sit unread: none ``busy`` (downloading) and none started,
+        downloaded or read for ROOM_IDLE seconds? Then room will not be freed by itself."""
+        if not self._held or any(busy(a) for a in self._held):
+            return False
+        return time.monotonic() - self.active_at >= ROOM_IDLE
 
     @property
     def held_bytes(self) -> int:
@@ -126,6 +156,7 @@ class CacheRoom:
             return
         self._held[archive_id] = size
         self._read.pop(archive_id, None)
+        self.touch()
         self._write("UPDATE pins SET held = 1 WHERE archive_id = ?", (archive_id,))
 
     def unhold(self, archive_id: str) -> None:
@@ -143,6 +174,7 @@ class CacheRoom:
             return
         seen = self._read.setdefault(archive_id, set())
         seen.update(chunks)
+        self.touch()
         if len(seen) >= chunk_count:
             self.release(archive_id)
 

@@ -2,6 +2,11 @@
 (``max_jobs``, ``budget``, cache room, a reachable endpoint), else it stays Queued with the
 reason users see. The record is saved as Initiating before InitiateJob is called, so a crash
 never leads to a second paid job. Part of ``Retrieval`` (see lifecycle.py).
+
+Request order holds for ``max_jobs`` and the budget: nothing younger jumps those. A unit
+waiting for cache room holds back no one: room is freed only by reading restored files, maybe
+never, and a younger unit that fits (a reader's small archive, the next file of a
+``glacierfs copy``, a held restore whose job output expired) must not wait behind it for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from glacierfs.jobs import spenders
 from glacierfs.jobs import lifecycle
 from glacierfs.jobs.jobstore import IN_PROGRESS, INITIATING, QUEUED, JobRecord
 from glacierfs.jobs.lifecycle import Lifecycle
+from glacierfs.jobs.room import ROOM_REASON
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,8 @@ class StartQueue(Lifecycle):
         allow, else leave it Queued with the reason."""
         self._save(rec)
         if not any(r.state == QUEUED and r.requested_at < rec.requested_at
-                   for r in self.records.values()) and self._limits_allow(rec) is None:
+                   and not _waits_for_room(r) for r in self.records.values()) \
+                and self._limits_allow(rec) is None:
             await self._initiate(rec)
         else:
             rec.status_message = self._limits_allow(rec) or "waiting for earlier requests"
@@ -164,7 +171,12 @@ class StartQueue(Lifecycle):
                 if rec.status_message != reason:
                     rec.status_message = reason
                     self._save(rec)
-                if "larger than the daily budget" in reason:
-                    continue
-                break  # keep request order: nothing younger jumps the queue
+                if "larger than the daily budget" in reason or reason.startswith(ROOM_REASON):
+                    continue  # never started by waiting (budget), or maybe never (room)
+                break  # keep request order: nothing younger jumps max_jobs or the budget
             await self._initiate(rec)
+
+
+def _waits_for_room(rec: JobRecord) -> bool:
+    """Is this Queued unit waiting for cache room (and so holding back no one)?"""
+    return (rec.status_message or "").startswith(ROOM_REASON)

@@ -3,6 +3,7 @@ service's command line run as systemd runs it, and sd_notify over a real datagra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ops_support import FAST_SIM, REPO, VAULT, Mounts, is_mounted, listed
+from ops_support import FAST_SIM, REPO, VAULT, Mounts, is_mounted, listed, pid_alive, wait_for
 
 from glacierfs import notify
 from glacierfs.options import parse_options
@@ -163,3 +164,32 @@ def test_service_command_line_notifies_ready_and_stopping(mounts: Mounts,
     assert notify_socket.receive(20)["STOPPING"] == "1"
     assert proc.wait(20) == 0
     assert not is_mounted(mounts.mountpoint)
+
+
+def _exec_start_pre(mountpoint: Path) -> subprocess.CompletedProcess[str]:
+    """ExecStartPre= run as systemd runs it: ``$$`` is a literal ``$`` for the shell, which
+    gets MOUNTPOINT from the environment (EnvironmentFile=)."""
+    line = _unit_values(SERVICE)["ExecStartPre"][0]
+    assert not line.startswith("-"), "a step whose failure is ignored is still logged as failed"
+    argv = shlex.split(line.replace("$$", "$"))
+    return subprocess.run(argv, env={**os.environ, "MOUNTPOINT": str(mountpoint)},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_exec_start_pre_succeeds_on_a_clean_start_and_clears_a_dead_mount(
+        mounts: Mounts, tmp_path: Path) -> None:
+    for clean in (mounts.mountpoint, tmp_path / "does-not-exist"):
+        result = _exec_start_pre(clean)
+        assert result.returncode == 0 and not result.stdout and not result.stderr, result
+    live = mounts.mount()
+    assert is_mounted(mounts.mountpoint)
+    assert _exec_start_pre(mounts.mountpoint).returncode == 0
+    assert is_mounted(mounts.mountpoint), "a live mount is not the step's to clear"
+    os.kill(live, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(live))
+    with contextlib.suppress(OSError):
+        os.stat(mounts.mountpoint)   # the kernel notices the dead daemon
+    result = _exec_start_pre(mounts.mountpoint)
+    assert result.returncode == 0, result
+    assert not is_mounted(mounts.mountpoint)
+    assert mounts.mount() > 0      # and the service starts again on the same mount point
