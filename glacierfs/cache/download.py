@@ -33,7 +33,6 @@ import itertools
 import logging
 import random
 import threading
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -43,14 +42,13 @@ from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import ChunkCache
 from glacierfs.cache.errors import CacheFullError, ChunkVerificationError, NoRoomError, NotCached
 from glacierfs.cache.layout import ArchiveLayout
+from glacierfs.cache.tasks import BACKGROUND, ChunkTask, DownloadOutcome, Received
 from glacierfs.cache.writer import ChunkWriter
 from glacierfs.diskfull import LOCAL_ERRORS
 from glacierfs.treehash import MIB
 
 log = logging.getLogger(__name__)
 
-FOREGROUND = 0   # a reader is waiting for this chunk
-BACKGROUND = 1   # the rest of the archive
 TRANSIENT_ATTEMPTS = 8        # dropped connections, 5xx, throttling (after botocore's own retries)
 CORRUPT_ATTEMPTS = 3          # a chunk whose bytes keep failing its tree hash is bad at the source
 BACKOFF_BASE = 0.5
@@ -66,35 +64,6 @@ NO_ROOM_PAUSE = 2.0
 READ_BLOCK = MIB
 # Chunk buffers are reused while chunks keep coming (a fresh 16 MiB buffer costs 4096 page
 # faults) and freed once the downloader is idle.
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    vault: str
-    job_id: str
-    layout: ArchiveLayout
-    index: int
-    output_start: int = 0  # archive offset where the job's output begins (a ranged retrieval)
-
-
-@dataclass(frozen=True)
-class _Received:
-    """What one fetch did (from the worker thread)."""
-
-    checksum: bytes | None = None
-    stored: bool = False          # committed (readable, or held when ``held``)
-    held: bool = False            # stored unverified: the endpoint sent no tree hash
-    whole: bool = False           # the endpoint sent the whole output: every chunk was held
-    elsewhere: bool = False       # the whole output is being read by another worker
-    full: CacheFullError | None = None  # the bytes are in the buffer but the disk had no room
-
-
-class DownloadOutcome:
-    """Callbacks into the retrieval lifecycle (kept as an interface to avoid an import cycle)."""
-
-    async def output_expired(self, archive_id: str, job_id: str | None = None) -> None: ...
-    async def archive_failed(self, archive_id: str, reason: str) -> None: ...
-    async def archive_complete(self, archive_id: str) -> None: ...
 
 
 class Downloader:
@@ -364,7 +333,7 @@ class Downloader:
             return
 
     # --- in the worker thread -----------------------------------------------------------------
-    def _receive(self, task: ChunkTask, view: memoryview) -> _Received:
+    def _receive(self, task: ChunkTask, view: memoryview) -> Received:
         """Fetch one chunk into ``view`` and store it as it arrives (blocking). A chunk that
         found no room before makes its room first, so waiting for room again costs no
         GetJobOutput; others ask first (their file exists only while bytes arrive)."""
@@ -404,7 +373,7 @@ class Downloader:
                        stream: glacier.JobOutputStream, view: memoryview,
                        checksum: bytes | None,
                        prepared: tuple[ChunkWriter | None, CacheFullError | None] | None = None,
-                       ) -> _Received:
+                       ) -> Received:
         length = layout.chunk_length(index)
         if prepared is not None:
             writer, full = prepared
@@ -423,18 +392,18 @@ class Downloader:
                 if writer is not None:
                     writer.filled(got)
             if writer is None:
-                return _Received(checksum, full=full)
+                return Received(checksum, full=full)
             try:
                 writer.commit(checksum, hold=checksum is None)
             except CacheFullError as exc:
-                return _Received(checksum, full=exc)
-            return _Received(checksum, stored=True, held=checksum is None)
+                return Received(checksum, full=exc)
+            return Received(checksum, stored=True, held=checksum is None)
         finally:
             if writer is not None:
                 writer.abort()  # a no-op after a commit
 
     def _receive_whole(self, task: ChunkTask, stream: glacier.JobOutputStream,
-                       view: memoryview) -> _Received:
+                       view: memoryview) -> Received:
         """The endpoint ignored Range: read the whole output once, holding every chunk not yet
         stored (the other workers' chunks of this archive wait for it)."""
         layout = task.layout
@@ -445,7 +414,7 @@ class Downloader:
                                                    f"expected {expected}")
         with self._whole_lock:
             if archive_id in self._whole_busy:
-                return _Received(elsewhere=True)
+                return Received(elsewhere=True)
             self._whole_busy.add(archive_id)
         # The worker's buffer fits the chunk it was asked for, which may be the archive's
         # short last one; the pass stores every chunk, so it needs room for a whole one.
@@ -473,7 +442,7 @@ class Downloader:
         finally:
             with self._whole_lock:
                 self._whole_busy.discard(archive_id)
-        return _Received(whole=True)
+        return Received(whole=True)
 
     # --- held chunks ----------------------------------------------------------------------------
     async def _check_held(self, task: ChunkTask) -> None:

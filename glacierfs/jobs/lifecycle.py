@@ -20,7 +20,8 @@ import trio
 
 from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import ChunkCache
-from glacierfs.cache.download import BACKGROUND, Downloader, DownloadOutcome
+from glacierfs.cache.download import Downloader
+from glacierfs.cache.tasks import BACKGROUND, DownloadOutcome
 from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.catalog.namespace import Entry
 from glacierfs.jobs.jobstore import FAILED, QUEUED, JobRecord, JobStore

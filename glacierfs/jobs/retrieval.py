@@ -35,7 +35,8 @@ import trio
 
 from glacierfs.aws import glacier
 from glacierfs.cache.chunkcache import ChunkCache
-from glacierfs.cache.download import FOREGROUND, Downloader
+from glacierfs.cache.download import Downloader
+from glacierfs.cache.tasks import FOREGROUND
 from glacierfs.cache.errors import CacheFullError, NoRoomError, NotCached
 from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.jobs.jobstore import (FAILED, IN_PROGRESS, INITIATING, QUEUED, SUCCEEDED, JobRecord,

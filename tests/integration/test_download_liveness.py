@@ -15,8 +15,11 @@ import pytest
 import trio
 
 from glacierfs.aws import glacier as glacier_module
-from glacierfs.cache.chunkcache import ArchiveLayout, ChunkCache, NoRoomError
-from glacierfs.cache.download import BACKGROUND, FOREGROUND, Downloader, DownloadOutcome
+from glacierfs.cache.chunkcache import ChunkCache
+from glacierfs.cache.errors import NoRoomError
+from glacierfs.cache.layout import ArchiveLayout
+from glacierfs.cache.download import Downloader
+from glacierfs.cache.tasks import BACKGROUND, DownloadOutcome, FOREGROUND
 from glacierfs.sim.testing import aws_env, upload
 from glacierfs.treehash import MIB, tree_hash
 

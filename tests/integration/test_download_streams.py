@@ -13,7 +13,8 @@ import trio
 
 from glacierfs.aws import glacier as glacier_module
 from glacierfs.cache.chunkcache import ChunkCache
-from glacierfs.cache.download import BACKGROUND, Downloader, DownloadOutcome
+from glacierfs.cache.download import Downloader
+from glacierfs.cache.tasks import BACKGROUND, DownloadOutcome
 from glacierfs.cache.layout import ArchiveLayout
 from glacierfs.sim.testing import aws_env, upload
 from glacierfs.treehash import MIB, tree_hash
